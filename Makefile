@@ -1,0 +1,63 @@
+# edgepair: build the appliance image and test the HA pair.
+# Two commands set everything up on a fresh Debian 12 machine (as root):
+#   make image   # installs host tools, builds dist/edgepair-debian-12.{raw,qcow2}
+#   make test    # unit, integration (namespaces) and QEMU tests
+SHELL := /bin/bash
+GO ?= go
+PROFILE ?= profiles/debian-12.yaml
+DIST ?= dist
+BIN ?= bin
+
+# Host packages the build and the tests need (Debian package names).
+DEB_PACKAGES := mmdebstrap squashfs-tools erofs-utils qemu-system-x86 qemu-utils ovmf \
+	systemd-boot-efi postgresql-15 keepalived xorriso bmap-tools e2fsprogs iproute2 \
+	dosfstools mtools zstd cloud-init fdisk uidmap
+
+.PHONY: all deps build image test test-unit test-integration test-qemu qemu-test bench fuzz vet clean
+
+all: build
+
+deps: ## install the host tools (apt, as root) and the Go modules
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing host packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+build: ## build the builder and agent binaries into bin/
+	mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/builder ./builder/cmd/builder
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/edgepair-agent ./agent/cmd/agent
+
+image: deps build ## build the default image (raw + qcow2) under dist/
+	$(BIN)/builder build --profile $(PROFILE) --output $(DIST)
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
+	$(GO) vet -tags qemu ./...
+
+test: deps vet test-unit test-integration test-qemu ## everything CI runs
+
+test-unit: ## fast unit tests, no root needed
+	$(GO) test -count=1 ./...
+
+test-integration: ## real PostgreSQL + keepalived in network namespaces (root)
+	$(GO) test -tags integration -count=1 -timeout 30m -v ./agent/... ./builder/... 2>&1 | tee test-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)' ; exit $${PIPESTATUS[0]}
+
+test-qemu: build ## boot the image (and the pair) under QEMU (root)
+	$(GO) test -tags qemu -count=1 -timeout 40m -v ./qemu-tests/... 2>&1 | tee test-qemu.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^    ' ; exit $${PIPESTATUS[0]}
+
+qemu-test: test-qemu
+
+bench: ## benchmarks (see BENCHMARKS.md)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+
+fuzz: ## run each fuzz target for a short while
+	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^(Fuzz|ok)'); do :; done
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 30s ./agent/pairconfig
+
+clean:
+	rm -rf $(BIN) $(DIST) test-*.log

@@ -57,7 +57,7 @@ bench: ## benchmarks (see BENCHMARKS.md)
 
 fuzz: ## run each fuzz target for a short while
 	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^(Fuzz|ok)'); do :; done
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 30s ./agent/pairconfig
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./agent/pairconfig
 
 clean:
 	rm -rf $(BIN) $(DIST) test-*.log

@@ -1,0 +1,374 @@
+package ha
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/edgepair/edgepair/agent/internal/heartbeat"
+	"github.com/edgepair/edgepair/agent/internal/store"
+)
+
+func TestFirstBoot(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	if !p.a.db.has("initialize") || p.b.db.has("initialize") || !p.b.db.has("clone") {
+		t.Fatalf("calls a=%v b=%v", p.a.db.calls, p.b.db.calls)
+	}
+	if p.a.st.s.Term != 1 || p.a.st.s.LastRole != "primary" || p.b.st.s.Term != 1 || p.b.st.s.LastRole != "standby" {
+		t.Fatalf("persisted a=%+v b=%+v", p.a.st.s, p.b.st.s)
+	}
+	if !p.a.vip.held || p.b.vip.held {
+		t.Fatalf("VIP a=%v b=%v", p.a.vip.held, p.b.vip.held)
+	}
+	// running first boot again changes nothing
+	calls := len(p.a.db.calls)
+	p.run(5 * time.Second)
+	if len(p.a.db.calls) != calls {
+		t.Fatalf("steady state made calls: %v", p.a.db.calls[calls:])
+	}
+}
+
+func TestStandbyWaitsWithoutPrimary(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "b", "a", c, store.State{})
+	for i := 0; i < 50; i++ {
+		c.Add(200 * time.Millisecond)
+		r.n.Tick(context.Background())
+	}
+	if len(r.db.calls) != 0 || r.n.role != heartbeat.RoleStarting {
+		t.Fatalf("non-initial node acted alone: %v role=%s", r.db.calls, r.n.role)
+	}
+}
+
+func TestNodeGoneFailover(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	// a loses power: its processes die, nothing more from it
+	p.a.db.up = false
+	p.a.vip.held = false
+	p.cutAB, p.cutBA = true, true
+	start := p.clock.Now()
+	for p.b.n.role != heartbeat.RolePrimary {
+		p.a.n.mu.Lock() // a is dead: do not tick it
+		p.a.n.mu.Unlock()
+		p.clock.Add(timeouts.Heartbeat)
+		p.b.n.Tick(context.Background())
+		if p.clock.Now().Sub(start) > 10*time.Second {
+			t.Fatal("b never promoted")
+		}
+	}
+	took := p.clock.Now().Sub(start)
+	if took < timeouts.PromoteAfter || took > timeouts.PromoteAfter+timeouts.PeerDead {
+		t.Fatalf("promoted after %s, want PromoteAfter..+PeerDead", took)
+	}
+	if p.b.st.s.Term != 2 || !p.b.db.has("promote") || p.b.db.syncNames != "" || !p.b.vip.held {
+		t.Fatalf("b after promotion: %+v calls=%v vip=%v", p.b.st.s, p.b.db.calls, p.b.vip.held)
+	}
+}
+
+func TestStandbyDoesNotPromoteWithoutWitnessOrWhileVIPAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		witness   bool
+		vipAnswer bool
+	}{{"no witness", false, false}, {"VIP answers", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t)
+			p.boot()
+			p.b.wit.ok = tc.witness
+			p.b.probe.fn = func() bool { return tc.vipAnswer }
+			p.a.wit.ok = true // a keeps serving
+			p.cutAB, p.cutBA = true, true
+			p.run(10 * time.Second)
+			if p.b.n.role != heartbeat.RoleStandby || p.b.db.has("promote") {
+				t.Fatalf("b promoted: role=%s", p.b.n.role)
+			}
+		})
+	}
+}
+
+func TestIsolatedPrimaryFencesBeforeStandbyPromotes(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.wit.ok = false // a loses everything
+	p.cutAB, p.cutBA = true, true
+	var fencedAt, promotedAt time.Time
+	for i := 0; i < 60; i++ {
+		p.step()
+		if fencedAt.IsZero() && p.a.n.role == heartbeat.RoleFenced {
+			fencedAt = p.clock.Now()
+		}
+		if promotedAt.IsZero() && p.b.n.role == heartbeat.RolePrimary {
+			promotedAt = p.clock.Now()
+		}
+	}
+	if fencedAt.IsZero() || promotedAt.IsZero() || !fencedAt.Before(promotedAt) {
+		t.Fatalf("fenced=%v promoted=%v", fencedAt, promotedAt)
+	}
+	if p.a.db.up || p.a.vip.held {
+		t.Fatal("fenced primary still serving or holding the VIP")
+	}
+	// heal: a sees the higher term and rejoins with pg_rewind
+	p.cutAB, p.cutBA = false, false
+	p.a.wit.ok = true
+	p.run(3 * time.Second)
+	if ra, rb := p.roles(); ra != heartbeat.RoleStandby || rb != heartbeat.RolePrimary {
+		t.Fatalf("after heal a=%s b=%s", ra, rb)
+	}
+	if !p.a.db.has("rewind") || p.a.st.s.Term != 2 {
+		t.Fatalf("a calls=%v state=%+v", p.a.db.calls, p.a.st.s)
+	}
+	p.run(3 * time.Second)
+	if p.b.db.syncNames != "a" {
+		t.Fatalf("rejoined standby not made synchronous: %q", p.b.db.syncNames)
+	}
+}
+
+func TestPartitionWithWitnessNoTwoWriters(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	// The nodes cannot reach each other, both reach the witness, and the
+	// standby still reaches PostgreSQL through the VIP (one LAN): the standby
+	// must not promote; the primary keeps serving and degrades to async.
+	p.cutAB, p.cutBA = true, true
+	p.b.probe.fn = func() bool { return p.a.vip.held && p.a.db.up }
+	p.run(12 * time.Second) // step() checks: never two writers, never two VIPs
+	if ra, rb := p.roles(); ra != heartbeat.RolePrimary || rb != heartbeat.RoleStandby {
+		t.Fatalf("a=%s b=%s", ra, rb)
+	}
+	if p.a.db.syncNames != "" {
+		t.Fatal("primary did not degrade after DegradeAfter")
+	}
+	p.cutAB, p.cutBA = false, false
+	p.run(3 * time.Second)
+	if p.a.db.syncNames != "b" {
+		t.Fatal("synchronous replication not restored after the partition healed")
+	}
+}
+
+// TestDegradeOrderedAfterPromotionWindow documents the limit of a gateway
+// witness: if the standby reaches the witness but neither the peer nor the
+// VIP, it cannot tell a partition from a dead primary and promotes. The
+// ordering FenceAfter < PromoteAfter < DegradeAfter still guarantees that the
+// promotion happens while the old primary is synchronous, i.e. before it can
+// acknowledge a write the new primary lacks.
+func TestDegradeOrderedAfterPromotionWindow(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.cutAB, p.cutBA = true, true
+	p.b.probe.fn = func() bool { return false }
+	var promoted, degraded time.Time
+	for i := 0; i < 100; i++ {
+		p.clock.Add(timeouts.Heartbeat)
+		p.syncReplication()
+		p.a.n.Tick(context.Background())
+		p.b.n.Tick(context.Background())
+		if promoted.IsZero() && p.b.n.role == heartbeat.RolePrimary {
+			promoted = p.clock.Now()
+		}
+		if degraded.IsZero() && p.a.db.syncNames == "" {
+			degraded = p.clock.Now()
+		}
+	}
+	if promoted.IsZero() || degraded.IsZero() || !promoted.Before(degraded) {
+		t.Fatalf("promoted=%v degraded=%v", promoted, degraded)
+	}
+	if degraded.Sub(promoted) < timeouts.PeerDead {
+		t.Fatalf("margin between promotion and degrade only %s", degraded.Sub(promoted))
+	}
+}
+
+func TestAsymmetricCutRevokesEligibility(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	// b -> a dropped: a stops hearing b, b still hears a; a announces
+	// standbyOK=false after PeerDead, so b loses eligibility and never
+	// promotes even once a's heartbeats stop too.
+	p.cutBA = true
+	p.run(2 * time.Second)
+	if p.b.n.eligibleUntil.After(p.clock.Now()) {
+		t.Fatalf("b still eligible: until %v now %v", p.b.n.eligibleUntil, p.clock.Now())
+	}
+	p.cutAB = true
+	p.b.probe.fn = func() bool { return false }
+	p.run(10 * time.Second)
+	if p.b.db.has("promote") {
+		t.Fatal("b promoted without eligibility")
+	}
+	if p.a.db.syncNames != "" {
+		t.Fatal("a did not degrade to async after DegradeAfter")
+	}
+}
+
+func TestPrimaryPGFailureHandsOver(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.lsn = 500
+	p.step()
+	p.a.db.up = false // postgres stopped on a
+	start := p.clock.Now()
+	for p.b.n.role != heartbeat.RolePrimary {
+		p.step()
+		if p.clock.Now().Sub(start) > 3*time.Second {
+			t.Fatalf("no handover: a=%s b=%s", p.a.n.role, p.b.n.role)
+		}
+	}
+	if p.clock.Now().Sub(start) > time.Second {
+		t.Fatalf("handover took %s", p.clock.Now().Sub(start))
+	}
+	p.run(3 * time.Second)
+	if ra, rb := p.roles(); ra != heartbeat.RoleStandby || rb != heartbeat.RolePrimary {
+		t.Fatalf("a=%s b=%s", ra, rb)
+	}
+	if !p.a.db.has("rewind") {
+		t.Fatalf("a did not rewind: %v", p.a.db.calls)
+	}
+	if p.b.k3s.restarts != 0 {
+		t.Fatal("k3s restarted although nothing could be lost")
+	}
+}
+
+func TestPrimaryPGFailureWithoutSyncStandbyRestartsLocally(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.b.db.up = false
+	p.b.n.lastPGStart = p.clock.Now() // keep b's PostgreSQL down for a while
+	p.run(7 * time.Second)            // a degrades to async
+	if p.a.db.syncNames != "" {
+		t.Fatal("a did not degrade")
+	}
+	p.a.db.up = false
+	p.run(6 * time.Second)
+	if p.a.n.role != heartbeat.RolePrimary || !p.a.db.up || p.b.db.has("promote") {
+		t.Fatalf("a=%s up=%v b calls=%v", p.a.n.role, p.a.db.up, p.b.db.calls)
+	}
+}
+
+func TestRewindFailureReclones(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.rewindErr = context.DeadlineExceeded
+	p.a.db.up = false
+	p.run(4 * time.Second)
+	if !p.a.db.has("reclone") || p.a.n.role != heartbeat.RoleStandby {
+		t.Fatalf("a=%s calls=%v", p.a.n.role, p.a.db.calls)
+	}
+}
+
+func TestSwitchover(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.lsn, p.a.db.ckptLSN = 1100, 1000 // the standby streams past the shutdown checkpoint
+	p.step()
+	if err := p.b.n.RequestSwitchover(); err != nil {
+		t.Fatal(err)
+	}
+	p.run(3 * time.Second)
+	if ra, rb := p.roles(); ra != heartbeat.RoleStandby || rb != heartbeat.RolePrimary {
+		t.Fatalf("a=%s b=%s", ra, rb)
+	}
+	p.run(2 * time.Second)
+	if p.b.db.syncNames != "a" || p.b.k3s.restarts != 0 || p.a.k3s.restarts != 0 {
+		t.Fatalf("after switchover sync=%q k3s restarts %d/%d", p.b.db.syncNames, p.a.k3s.restarts, p.b.k3s.restarts)
+	}
+}
+
+func TestSwitchoverWaitsForCheckpoint(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.lsn, p.a.db.ckptLSN = 1000, 5000 // the standby never receives it
+	p.step()
+	if err := p.a.n.RequestSwitchover(); err != nil {
+		t.Fatal(err)
+	}
+	p.run(4 * time.Second)
+	if p.b.db.has("promote") {
+		t.Fatal("standby promoted before receiving the shutdown checkpoint")
+	}
+	// the handover times out and a serves again
+	p.run(5 * time.Second)
+	if p.a.n.role != heartbeat.RolePrimary || !p.a.db.up {
+		t.Fatalf("a=%s up=%v", p.a.n.role, p.a.db.up)
+	}
+}
+
+func TestBothRestartOldPrimaryWaitsForPeer(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "a", "b", c, store.State{Term: 3, LastRole: "primary"})
+	r.db.hasData = true
+	for i := 0; i < 50; i++ {
+		c.Add(200 * time.Millisecond)
+		r.n.Tick(context.Background())
+	}
+	if r.db.has("startPrimary") {
+		t.Fatal("old primary started read-write without the peer's confirmation")
+	}
+	r.n.OnHeartbeat(&heartbeat.Message{Node: "b", BootID: "x", Seq: 1, Term: 3, Role: heartbeat.RoleStarting, LastRole: "standby"})
+	r.n.Tick(context.Background())
+	if !r.db.has("startPrimary") || r.n.role != heartbeat.RolePrimary {
+		t.Fatalf("calls=%v role=%s", r.db.calls, r.n.role)
+	}
+}
+
+func TestRestartWithHigherTermPeer(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "a", "b", c, store.State{Term: 3, LastRole: "primary"})
+	r.db.hasData = true
+	r.n.OnHeartbeat(&heartbeat.Message{Node: "b", BootID: "x", Seq: 1, Term: 4, Role: heartbeat.RoleStarting, LastRole: "primary"})
+	r.n.Tick(context.Background())
+	if r.db.has("startPrimary") {
+		t.Fatal("started as primary although the peer was primary in a later term")
+	}
+	r.n.OnHeartbeat(&heartbeat.Message{Node: "b", BootID: "x", Seq: 2, Term: 4, Role: heartbeat.RolePrimary, Serving: true, LastRole: "primary", K3sEpoch: 1})
+	r.n.Tick(context.Background())
+	if !r.db.has("rewind") || !r.db.has("startStandby") || r.st.s.Term != 4 {
+		t.Fatalf("calls=%v state=%+v", r.db.calls, r.st.s)
+	}
+	r.n.Tick(context.Background())
+	if r.k3s.restarts != 1 || r.st.s.K3sEpoch != 1 {
+		t.Fatalf("k3s restarts=%d epoch=%d", r.k3s.restarts, r.st.s.K3sEpoch)
+	}
+}
+
+func TestVIPRemovedWhenNotPrimary(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "b", "a", c, store.State{})
+	r.vip.held = true // left behind by a keepalived killed with -9
+	r.n.Tick(context.Background())
+	if r.vip.held || r.vip.released != 1 || r.vip.eligible {
+		t.Fatalf("vip %+v", r.vip)
+	}
+}
+
+func TestPromotionAbortedWhenTermCannotBePersisted(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.b.st.fail = true
+	p.a.db.up = false
+	p.cutAB, p.cutBA = true, true
+	for i := 0; i < 30; i++ {
+		p.clock.Add(timeouts.Heartbeat)
+		p.b.n.Tick(context.Background())
+	}
+	if p.b.db.has("promote") {
+		t.Fatal("promoted without persisting the new term")
+	}
+}
+
+func TestLossyPromotionBumpsK3sEpoch(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	// the primary reports WAL the standby never received (async tail)
+	p.b.n.OnHeartbeat(&heartbeat.Message{Node: "a", BootID: "late", Seq: 1, Term: 1, Role: heartbeat.RolePrimary, Serving: true,
+		LSN: 9999, SyncOn: true, SyncStandby: "b", StandbyOK: true, DegradeInMs: 6000})
+	p.a.db.up = false
+	p.cutAB, p.cutBA = true, true
+	for i := 0; i < 30 && p.b.n.role != heartbeat.RolePrimary; i++ {
+		p.clock.Add(timeouts.Heartbeat)
+		p.b.n.Tick(context.Background())
+	}
+	if p.b.n.role != heartbeat.RolePrimary || p.b.st.s.K3sEpoch != 1 || p.b.k3s.restarts != 1 {
+		t.Fatalf("role=%s epoch=%d restarts=%d", p.b.n.role, p.b.st.s.K3sEpoch, p.b.k3s.restarts)
+	}
+}

@@ -1,0 +1,91 @@
+// Package ha is the agent's state machine: it decides the database role
+// before PostgreSQL starts, keeps replication synchronous while the standby is
+// healthy, fails over, fences and rejoins. Everything outside the decision
+// logic is reached through the narrow interfaces in this file, so the machine
+// runs in unit tests against a fake clock, database and VIP.
+package ha
+
+import (
+	"context"
+	"time"
+
+	"github.com/edgepair/edgepair/agent/internal/store"
+)
+
+// Clock tells the time (a fake one in tests).
+type Clock interface{ Now() time.Time }
+
+// Replica is one row of pg_stat_replication.
+type Replica struct {
+	Name      string // application_name
+	State     string // "streaming", "catchup", ...
+	SyncState string // "sync", "async", "potential", "quorum"
+	FlushLSN  uint64
+}
+
+// PGStatus is what the agent learns from the local PostgreSQL in one query.
+type PGStatus struct {
+	Up         bool // connected and answered
+	InRecovery bool
+	Timeline   uint32
+	// LSN: pg_current_wal_lsn() on a primary, last received LSN on a standby.
+	LSN       uint64
+	ReplayLSN uint64
+	Streaming bool      // standby: WAL receiver streaming
+	Replicas  []Replica // primary: pg_stat_replication
+	SyncNames string    // synchronous_standby_names in effect
+}
+
+// Database is the local PostgreSQL: queries and data-directory lifecycle.
+// Lifecycle methods run PostgreSQL's own tools (initdb, pg_basebackup,
+// pg_rewind) and the service manager; they may take seconds.
+type Database interface {
+	HasData() bool
+	Status(ctx context.Context) PGStatus
+	// Initialize runs initdb (with data checksums), starts the primary and
+	// creates the replication role, the k3s role and database and the peer's slot.
+	Initialize(ctx context.Context) error
+	StartPrimary(ctx context.Context) error
+	StartStandby(ctx context.Context) error
+	// Stop stops PostgreSQL (fast shutdown); no error if it is not running.
+	Stop(ctx context.Context) error
+	Promote(ctx context.Context) error
+	// SetSyncStandby sets synchronous_standby_names to name ("" = async).
+	SetSyncStandby(ctx context.Context, name string) error
+	EnsureSlot(ctx context.Context, node string) error
+	// Clone copies the peer with pg_basebackup into an empty data directory.
+	Clone(ctx context.Context) error
+	// Rewind runs pg_rewind against the peer.
+	Rewind(ctx context.Context) error
+	// Reclone moves the data directory aside (kept) and clones afresh.
+	Reclone(ctx context.Context) error
+	// CheckpointLSN is the latest checkpoint location of a stopped cluster.
+	CheckpointLSN(ctx context.Context) (uint64, error)
+}
+
+// VIP controls whether this node may hold the virtual IP (keepalived's
+// track file) and checks and removes it on the interface (netlink).
+type VIP interface {
+	SetEligible(ok bool) error
+	Held() (bool, error)
+	Release() error
+}
+
+// Witness reports whether this node currently reaches its witness (gateway).
+type Witness interface{ OK() bool }
+
+// Probe tells whether PostgreSQL answers through the VIP from this node.
+type Probe interface {
+	VIPAnswers(ctx context.Context) bool
+}
+
+// K3s restarts k3s after a promotion that may have lost transactions.
+type K3s interface {
+	Restart(ctx context.Context) error
+}
+
+// Store persists the durable state.
+type Store interface {
+	Load() (store.State, error)
+	Save(store.State) error
+}

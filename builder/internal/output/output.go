@@ -1,0 +1,84 @@
+// Package output turns the raw image into the requested formats and writes
+// SHA256SUMS.
+package output
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Formats the builder can write.
+var Formats = []string{"raw", "qcow2"}
+
+// ParseFormats parses "raw,qcow2". raw is always produced (the others are
+// converted from it) but only listed when asked for.
+func ParseFormats(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		ok := false
+		for _, k := range Formats {
+			ok = ok || f == k
+		}
+		if !ok {
+			return nil, fmt.Errorf("--formats: %q is not a format; want a comma-separated list of %s", f, strings.Join(Formats, ", "))
+		}
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// Artifact is one output file.
+type Artifact struct {
+	Path   string
+	Format string
+	Size   int64 // bytes on disk (apparent size)
+	SHA256 string
+}
+
+// Qcow2 converts raw to a compressed-free qcow2 (qemu-img convert).
+func Qcow2(ctx context.Context, raw, out string) error {
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// Describe hashes a file.
+func Describe(path, format string) (Artifact, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Artifact{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return Artifact{}, err
+	}
+	return Artifact{Path: path, Format: format, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// WriteSums writes dir/SHA256SUMS in sha256sum(1) format, sorted by name.
+func WriteSums(dir string, arts []Artifact) (string, error) {
+	lines := make([]string, 0, len(arts))
+	for _, a := range arts {
+		lines = append(lines, a.SHA256+"  "+filepath.Base(a.Path)+"\n")
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i][66:] < lines[j][66:] })
+	p := filepath.Join(dir, "SHA256SUMS")
+	return p, os.WriteFile(p, []byte(strings.Join(lines, "")), 0o644)
+}

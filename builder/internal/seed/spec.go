@@ -79,21 +79,38 @@ type SpecNode struct {
 // normalised spec (defaults filled in). Errors name the file, line and
 // field.
 func ParseSpec(data []byte, name string) (*Spec, error) {
-	var s Spec
-	pos, err := strictyaml.Decode(data, name, &s)
+	s, pos, err := decodeSpec(data, name)
 	if err != nil {
 		return nil, err
 	}
+	if err := s.check(pos, name); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func decodeSpec(data []byte, name string) (*Spec, strictyaml.Positions, error) {
+	var s Spec
+	pos, err := strictyaml.Decode(data, name, &s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &s, pos, nil
+}
+
+// check normalises s and checks the pair-level rules; errors are located
+// with pos (which may be empty) and prefixed with name.
+func (s *Spec) check(pos strictyaml.Positions, name string) error {
 	if err := s.Normalize(); err != nil {
-		return nil, pos.Locate(err, name)
+		return pos.Locate(err, name)
 	}
 	// Check the pair-level rules now, where the errors can point at lines
 	// of the pair file; the secrets do not exist yet, so stand-ins that
 	// pass validation take their place.
 	if _, err := s.PairConfig(s.Nodes[0].Name, placeholderSecrets); err != nil {
-		return nil, pos.Locate(err, name)
+		return pos.Locate(err, name)
 	}
-	return &s, nil
+	return nil
 }
 
 // placeholderSecrets satisfy pairconfig.Validate; they are used only to

@@ -47,10 +47,15 @@ test-unit: ## fast unit tests, no root needed
 test-integration: ## real PostgreSQL + keepalived in network namespaces (root)
 	$(GO) test -tags integration -count=1 -timeout 30m -v ./agent/... ./builder/... 2>&1 | tee test-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)' ; exit $${PIPESTATUS[0]}
 
-test-qemu: build ## boot the image (and the pair) under QEMU (root)
-	$(GO) test -tags qemu -count=1 -timeout 40m -v ./qemu-tests/... 2>&1 | tee test-qemu.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^    ' ; exit $${PIPESTATUS[0]}
+test-qemu: build standin ## boot the image (and the pair) under QEMU (root); artifacts/qemu-latest
+	$(GO) test -tags 'qemu integration' -count=1 -timeout 40m -v ./qemu-tests/... 2>&1 | tee test-qemu.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^    ' ; exit $${PIPESTATUS[0]}
 
 qemu-test: test-qemu
+
+.PHONY: standin
+standin: ## build the k3s stand-in (kine + kube-apiserver, NOT k3s) into .cache/standin/k3s (reused)
+	cd qemu-tests/standin && $(GO) vet ./... && $(GO) test -count=1 ./...
+	nice qemu-tests/standin/build.sh .cache/standin
 
 bench: ## benchmarks (see BENCHMARKS.md)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...

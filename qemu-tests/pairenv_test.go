@@ -208,7 +208,7 @@ sshAuthorizedKeys:
 		t.Fatal(err)
 	}
 	seedDir := filepath.Join(dir, "seeds")
-	cmd := exec.CommandContext(ctx, builder, "seed", "--pair", pairFile, "--output", seedDir)
+	cmd := exec.CommandContext(ctx, builder, "seed", "--pair-file", pairFile, "--output", seedDir)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "No help topic") || strings.Contains(string(out), "flag provided but not defined") {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -47,10 +48,11 @@ type Node struct {
 	mu sync.Mutex
 	st store.State
 
-	role   heartbeat.Role
-	bootID string
-	seq    uint64
-	kick   chan struct{}
+	role     heartbeat.Role
+	bootID   string
+	seq      uint64
+	kick     chan struct{}
+	sendKick chan struct{}
 
 	startedAt   time.Time
 	roleSince   time.Time
@@ -99,19 +101,27 @@ func New(cfg Config, d Deps) (*Node, error) {
 	now := d.Clock.Now()
 	return &Node{
 		cfg: cfg, d: d, st: st, role: heartbeat.RoleStarting, bootID: hex.EncodeToString(b),
-		kick: make(chan struct{}, 1), startedAt: now, roleSince: now, lastLog: map[string]time.Time{},
+		kick: make(chan struct{}, 1), sendKick: make(chan struct{}, 1), startedAt: now, roleSince: now, lastLog: map[string]time.Time{},
 	}, nil
 }
 
 // Kicked fires when the node wants a tick or a heartbeat sent right away.
 func (n *Node) Kicked() <-chan struct{} { return n.kick }
 
+// SendKick fires when a heartbeat should go out at once (role change).
+func (n *Node) SendKick() <-chan struct{} { return n.sendKick }
+
 func (n *Node) wake() {
-	select {
-	case n.kick <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{n.kick, n.sendKick} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
+
+// OnHeartbeat2 adapts OnHeartbeat to the transport's callback.
+func (n *Node) OnHeartbeat2(m *heartbeat.Message, _ netip.Addr) { n.OnHeartbeat(m) }
 
 // OnHeartbeat records a valid message from the peer.
 func (n *Node) OnHeartbeat(m *heartbeat.Message) {

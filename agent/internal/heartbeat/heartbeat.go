@@ -36,7 +36,10 @@ const (
 
 // Message is one heartbeat.
 type Message struct {
-	Node   string `json:"node"`
+	Node string `json:"node"`
+	// Pair is the pair configuration's fingerprint: a peer from another
+	// pair (wrong seed) is ignored even if it knows the key.
+	Pair   string `json:"pair,omitempty"`
 	BootID string `json:"boot"`
 	Seq    uint64 `json:"seq"`
 	Term   uint64 `json:"term"`
@@ -136,6 +139,7 @@ type UDP struct {
 	Key    []byte
 	Self   string
 	Peer   string
+	Pair   string // fingerprint expected in the peer's messages ("" = not checked)
 	Peers  []netip.AddrPort
 	Log    *slog.Logger
 	conn   *net.UDPConn
@@ -193,6 +197,10 @@ func (u *UDP) Receive(ctx context.Context, fn func(m *Message, path netip.Addr))
 		}
 		if m.Node != u.Peer {
 			u.Log.Debug("dropped heartbeat from unexpected node", "node", m.Node, "from", from.String())
+			continue
+		}
+		if u.Pair != "" && m.Pair != u.Pair {
+			u.Log.Warn("ignoring heartbeat from a different pair configuration (mismatched seeds?)", "node", m.Node, "fingerprint", m.Pair)
 			continue
 		}
 		if !u.replay.Accept(m) {

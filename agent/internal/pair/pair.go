@@ -13,12 +13,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/edgepair/edgepair/agent/pairconfig"
 )
@@ -52,6 +49,9 @@ type Pair struct {
 	HBPort   int
 	HTTPPort int
 	Key      []byte // decoded pair key
+	// Fingerprint identifies the pair (pairconfig.Config.Fingerprint); the
+	// agents put it in every heartbeat and ignore a peer whose value differs.
+	Fingerprint string
 }
 
 // New resolves self/peer, applies defaults and checks the invariants the agent
@@ -188,26 +188,17 @@ func K3sDatastorePassword(key []byte) string {
 	return hex.EncodeToString(m.Sum(nil))[:40]
 }
 
-// Load reads and checks a pair configuration file.
-// TODO(lead): switch to pairconfig.Load once it lands; this reader only
-// decodes strictly and leaves schema validation to pair.New.
+// Load reads a pair configuration with pairconfig.Load (strict decoding,
+// defaults, validation with file:line errors) and derives this node's view.
 func Load(path string) (*Pair, error) {
-	b, err := os.ReadFile(path)
+	c, err := pairconfig.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("read pair config: %w", err)
+		return nil, err
 	}
-	var c pairconfig.Config
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if c.Version != pairconfig.Version {
-		return nil, fmt.Errorf("%s: version: %d, want %d", path, c.Version, pairconfig.Version)
-	}
-	p, err := New(c)
+	p, err := New(*c)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	p.Fingerprint = c.Fingerprint()
 	return p, nil
 }

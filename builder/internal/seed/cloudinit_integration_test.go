@@ -11,6 +11,7 @@ package seed
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -183,5 +184,195 @@ func checkNetworkd(t *testing.T, what, jsonOut string, n SpecNode, s Spec) {
 		if l := files[n.LinkInterface]; !strings.Contains(l, "Address="+n.Link) {
 			t.Errorf("%s: networkd file for the link %s lacks Address=%s:\n%s", what, n.LinkInterface, n.Link, l)
 		}
+	}
+}
+
+// overlayCloud is the image's cloud-init configuration in this repository.
+const overlayCloud = "../../../overlays/base/etc/cloud"
+
+// TestImageCloudConfig merges the image's cloud.cfg.d with Debian's
+// cloud.cfg (and a 90_dpkg.cfg as the package writes it) through
+// cloud-init's own reader, and checks the result: only NoCloud and VMware,
+// the networkd renderer, no growpart/resizefs/apt modules, and every
+// module name resolving to a real cloud-init module.
+func TestImageCloudConfig(t *testing.T) {
+	_, py := cloudInitPython(t)
+	if _, err := os.Stat("/etc/cloud/cloud.cfg"); err != nil {
+		t.Skipf("Debian's /etc/cloud/cloud.cfg is missing: %v", err)
+	}
+	root := fakeCloudEtc(t)
+	script := `
+import sys, json, importlib.util
+from cloudinit import util
+from cloudinit.config.modules import Modules
+from cloudinit import importer
+cfg = util.read_conf_with_confd(sys.argv[1])
+bad = []
+for stage in ("cloud_init_modules", "cloud_config_modules", "cloud_final_modules"):
+    for name in cfg[stage]:
+        mod = "cc_" + name.replace("-", "_")
+        found, _ = importer.find_module(mod, ["", "cloudinit.config"], ["handle"])
+        if not found:
+            bad.append(name)
+print(json.dumps({"cfg": cfg, "unknown_modules": bad}, default=str))
+`
+	out, err := exec.Command(py, "-c", script, filepath.Join(root, "etc/cloud/cloud.cfg")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cloud-init could not read the configuration: %v\n%s", err, out)
+	}
+	var res struct {
+		Cfg struct {
+			DatasourceList []string `json:"datasource_list"`
+			SystemInfo     struct {
+				Distro  string `json:"distro"`
+				Network struct {
+					Renderers []string `json:"renderers"`
+				} `json:"network"`
+			} `json:"system_info"`
+			Init   []string `json:"cloud_init_modules"`
+			Config []string `json:"cloud_config_modules"`
+			Final  []string `json:"cloud_final_modules"`
+		} `json:"cfg"`
+		Unknown []string `json:"unknown_modules"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := strings.Join(res.Cfg.DatasourceList, ","); got != "NoCloud,VMware,None" {
+		t.Errorf("datasource_list %s, want NoCloud,VMware,None", got)
+	}
+	if res.Cfg.SystemInfo.Distro != "debian" {
+		t.Errorf("system_info.distro %q: our system_info replaced Debian's instead of merging", res.Cfg.SystemInfo.Distro)
+	}
+	if got := strings.Join(res.Cfg.SystemInfo.Network.Renderers, ","); got != "networkd" {
+		t.Errorf("network renderers %s, want networkd", got)
+	}
+	if len(res.Unknown) > 0 {
+		t.Errorf("modules cloud-init does not have: %v", res.Unknown)
+	}
+	all := strings.Join(append(append(res.Cfg.Init, res.Cfg.Config...), res.Cfg.Final...), " ")
+	for _, m := range []string{"growpart", "resizefs", "mounts", "apt-configure", "package-update-upgrade-install", "ntp", "phone-home"} {
+		if strings.Contains(" "+all+" ", " "+m+" ") {
+			t.Errorf("module %s is enabled", m)
+		}
+	}
+	for _, m := range []string{"write-files", "users-groups", "ssh", "set_hostname", "set-passwords"} {
+		if !strings.Contains(" "+all+" ", " "+m+" ") {
+			t.Errorf("module %s is missing", m)
+		}
+	}
+}
+
+// fakeCloudEtc lays out <root>/etc/cloud as in the image: Debian's
+// cloud.cfg, the package's 90_dpkg.cfg (full datasource list) and our
+// overlay files.
+func fakeCloudEtc(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	etc := filepath.Join(root, "etc/cloud")
+	if err := os.MkdirAll(filepath.Join(etc, "cloud.cfg.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, "/etc/cloud/cloud.cfg", filepath.Join(etc, "cloud.cfg"))
+	if err := os.WriteFile(filepath.Join(etc, "cloud.cfg.d/90_dpkg.cfg"),
+		[]byte("datasource_list: [ NoCloud, ConfigDrive, OpenStack, Ec2, VMware, None ]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, filepath.Join(overlayCloud, "cloud.cfg.d/99_edgepair.cfg"), filepath.Join(etc, "cloud.cfg.d/99_edgepair.cfg"))
+	copyFile(t, filepath.Join(overlayCloud, "ds-identify.cfg"), filepath.Join(etc, "ds-identify.cfg"))
+	return root
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDSIdentify runs cloud-init's real ds-identify (the systemd generator
+// that decides whether cloud-init runs at all) against the image's
+// configuration in a fake root, on a QEMU-like machine: with no seed it
+// must disable cloud-init (no waiting on anything), with our ISO or FAT
+// seed (seen through the real blkid) it must pick NoCloud and nothing else.
+func TestDSIdentify(t *testing.T) {
+	const dsIdentify = "/usr/lib/cloud-init/ds-identify"
+	if _, err := os.Stat(dsIdentify); err != nil {
+		t.Skipf("cloud-init's ds-identify is missing: %v", err)
+	}
+	needTools(t, "blkid")
+	seeds, err := Render(fixedRecord(t, "pair.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs := t.TempDir()
+	iso, fat := filepath.Join(imgs, "seed.iso"), filepath.Join(imgs, "seed.img")
+	if err := WriteISO(iso, seeds[0], created); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFAT(fat, seeds[0], created); err != nil {
+		t.Fatal(err)
+	}
+	blkid, err := exec.LookPath("blkid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, image, dev string
+		wantRC           int
+		wantList         string
+	}{
+		{"no seed", "", "", 1, "datasource_list: [  ]"},
+		{"iso seed", iso, "/dev/sr0", 0, "datasource_list: [ NoCloud, None ]"},
+		{"fat seed", fat, "/dev/sdb", 0, "datasource_list: [ NoCloud, None ]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := fakeCloudEtc(t)
+			for dir, files := range map[string]map[string]string{
+				"sys/class/dmi/id": {"sys_vendor": "QEMU\n", "product_name": "Standard PC (Q35 + ICH9, 2009)\n"},
+				"proc":             {"cmdline": "console=ttyS0 quiet\n", "uptime": "5.0 5.0\n"},
+				"proc/1":           {"cmdline": "/sbin/init\x00", "environ": ""},
+				"run":              {},
+				"bin":              {"systemd-detect-virt": "#!/bin/sh\necho kvm\n"},
+			} {
+				if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				for name, content := range files {
+					if err := os.WriteFile(filepath.Join(root, dir, name), []byte(content), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			// ds-identify lists filesystems with `blkid -c /dev/null -o
+			// export`; the wrapper answers with the real blkid's probe
+			// of the seed image, as if it were attached as tc.dev.
+			script := "#!/bin/sh\nexit 2\n"
+			if tc.image != "" {
+				script = fmt.Sprintf("#!/bin/sh\n%s -p -o export %s | sed 's|^DEVNAME=.*|DEVNAME=%s|'\n", blkid, tc.image, tc.dev)
+			}
+			if err := os.WriteFile(filepath.Join(root, "bin/blkid"), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(dsIdentify, "--force")
+			cmd.Env = append(os.Environ(), "PATH="+filepath.Join(root, "bin")+":"+os.Getenv("PATH"), "PATH_ROOT="+root)
+			out, err := cmd.CombinedOutput()
+			rc := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				rc = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			result, _ := os.ReadFile(filepath.Join(root, "run/cloud-init/cloud.cfg"))
+			log, _ := os.ReadFile(filepath.Join(root, "run/cloud-init/ds-identify.log"))
+			if rc != tc.wantRC || !strings.Contains(string(result), tc.wantList) {
+				t.Errorf("ds-identify: rc %d (want %d), result %q (want %q)\n%s\n%s", rc, tc.wantRC, result, tc.wantList, out, log)
+			}
+		})
 	}
 }

@@ -63,6 +63,8 @@ bench: ## benchmarks (see BENCHMARKS.md)
 fuzz: ## run each fuzz target for a short while
 	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^(Fuzz|ok)'); do :; done
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./agent/pairconfig
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSpec$$' -fuzztime 30s ./builder/internal/seed
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthorizedKey$$' -fuzztime 30s ./builder/internal/seed
 
 clean:
 	rm -rf $(BIN) $(DIST) test-*.log

@@ -47,7 +47,10 @@ type Config struct {
 	OVMF       OVMF   // zero value: FindOVMF()
 	NetNS      string // when set, QEMU runs inside this named network namespace (ip netns exec)
 	QEMU       string // default qemu-system-x86_64
-	Log        *slog.Logger
+	// KeepDisk keeps the overlay disk in the artifacts folder after Close (also
+	// EDGEPAIR_KEEP_DISKS=1); by default Close removes it, as it can be gigabytes.
+	KeepDisk bool
+	Log      *slog.Logger
 }
 
 // Machine is one QEMU virtual machine with its overlay disk, console log, QMP socket
@@ -486,12 +489,17 @@ func (m *Machine) Kill() error {
 	return nil
 }
 
-// Close kills QEMU if it still runs, closes the test shell and removes the socket
-// directory. The artifacts folder stays.
+// Close kills QEMU if it still runs, closes the test shell, removes the socket
+// directory and (unless Config.KeepDisk or EDGEPAIR_KEEP_DISKS=1) the overlay disk.
+// The rest of the artifacts folder stays.
 func (m *Machine) Close() error {
 	err := m.Kill()
 	m.shell.Close()
 	_ = os.RemoveAll(m.sockDir)
+	if err == nil && !m.cfg.KeepDisk && os.Getenv("EDGEPAIR_KEEP_DISKS") != "1" {
+		_ = os.Remove(m.disk)
+		_ = os.Remove(m.vars)
+	}
 	return err
 }
 

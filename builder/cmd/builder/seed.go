@@ -20,7 +20,8 @@ func seedCommand() *cli.Command {
 secrets once and writes, per node, into OUTPUT/<node>/:
   seed.iso        NoCloud ISO9660 labelled cidata: attach as a CD-ROM
   seed-usb.img    NoCloud FAT32 labelled CIDATA: dd onto a USB stick
-  guestinfo.vmx   vSphere guestinfo.metadata/userdata (gzip+base64)
+  guestinfo.env   vSphere guestinfo.metadata/userdata (gzip+base64), key=value
+  guestinfo.vmx   the same as .vmx / extraConfig lines
   nocloud/        meta-data, user-data, network-config as plain files
 and OUTPUT/pair.record.yaml, the pair's secrets (mode 0600, keep it safe):
 --from-record rebuilds the same seeds from it byte for byte.

@@ -42,7 +42,7 @@ func TestGenerateFlagsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(arts) != 13 {
+	if len(arts) != 15 {
 		t.Errorf("%d artifacts", len(arts))
 	}
 	fromFile := loadSpec(t, "pair.yaml")

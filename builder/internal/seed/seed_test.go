@@ -102,7 +102,8 @@ func TestRenderGolden(t *testing.T) {
 			golden(t, filepath.Join(base, ns.Node, "meta-data"), ns.MetaData)
 			golden(t, filepath.Join(base, ns.Node, "user-data"), ns.UserData)
 			golden(t, filepath.Join(base, ns.Node, "network-config"), ns.NetworkConfig)
-			golden(t, filepath.Join(base, ns.Node, GuestInfoFile), GuestInfoVMX(ns))
+			golden(t, filepath.Join(base, ns.Node, GuestInfoFile), GuestInfoEnv(ns))
+			golden(t, filepath.Join(base, ns.Node, GuestInfoVMX), GuestInfoVMXLines(ns))
 		}
 	}
 }
@@ -203,8 +204,8 @@ func TestWriteReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(arts) != 1+2*6 {
-		t.Errorf("%d artifacts, want 13: %v", len(arts), arts)
+	if len(arts) != 1+2*7 {
+		t.Errorf("%d artifacts, want 15: %v", len(arts), arts)
 	}
 	time.Sleep(2100 * time.Millisecond) // FAT times have 2 s resolution
 	if _, err := Write(ctx, r, d2); err != nil {

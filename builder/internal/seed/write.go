@@ -12,7 +12,8 @@ import (
 const (
 	ISOFile       = "seed.iso"      // NoCloud ISO9660, label cidata
 	FATFile       = "seed-usb.img"  // NoCloud FAT32, label CIDATA
-	GuestInfoFile = "guestinfo.vmx" // vSphere guestinfo as .vmx/extraConfig lines
+	GuestInfoFile = "guestinfo.env" // vSphere guestinfo as key=value lines (OVA properties, govc -e)
+	GuestInfoVMX  = "guestinfo.vmx" // the same as .vmx/extraConfig lines (key = "value")
 	NoCloudDir    = "nocloud"       // the three NoCloud files, plain
 )
 
@@ -25,7 +26,7 @@ type Artifact struct {
 
 // Write renders the record and writes everything into outDir: the pair
 // record (0600) and per node <outDir>/<node>/ with seed.iso, seed-usb.img,
-// guestinfo.vmx and nocloud/{meta-data,user-data,network-config}. Files
+// guestinfo.env, guestinfo.vmx and nocloud/{meta-data,user-data,network-config}. Files
 // with secrets are 0600, the node directories 0700. Timestamps inside the
 // images are the record's creation time, so the output is a function of
 // the record alone.
@@ -76,17 +77,35 @@ func Write(ctx context.Context, r *Record, outDir string) ([]Artifact, error) {
 		}
 		arts = append(arts, Artifact{Node: ns.Node, Kind: "fat", Path: fat})
 		gi := filepath.Join(dir, GuestInfoFile)
-		if err := writeSecret(gi, GuestInfoVMX(ns)); err != nil {
+		if err := writeSecret(gi, GuestInfoEnv(ns)); err != nil {
 			return arts, err
 		}
 		arts = append(arts, Artifact{Node: ns.Node, Kind: "guestinfo", Path: gi})
+		gv := filepath.Join(dir, GuestInfoVMX)
+		if err := writeSecret(gv, GuestInfoVMXLines(ns)); err != nil {
+			return arts, err
+		}
+		arts = append(arts, Artifact{Node: ns.Node, Kind: "guestinfo-vmx", Path: gv})
 	}
 	return arts, nil
 }
 
-// GuestInfoVMX renders the guestinfo values as .vmx / extraConfig lines
-// (`key = "value"`), with a comment on how to apply them.
-func GuestInfoVMX(ns NodeSeed) []byte {
+// GuestInfoEnv renders the guestinfo values as key=value lines (no
+// quoting needed: the values are base64 and fixed words), ready to paste
+// into the OVA's properties at deployment or to pass to govc:
+//
+//	govc vm.change -vm VM $(sed 's/^/-e /' guestinfo.env)
+func GuestInfoEnv(ns NodeSeed) []byte {
+	var b strings.Builder
+	for _, kv := range ns.GuestInfo {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return []byte(b.String())
+}
+
+// GuestInfoVMXLines renders the guestinfo values as .vmx / extraConfig
+// lines (`key = "value"`), with a comment on how to apply them.
+func GuestInfoVMXLines(ns NodeSeed) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# edgepair seed for node %s (vSphere guestinfo, cloud-init VMware datasource).\n", ns.Node)
 	b.WriteString("# Add these lines to the VM's .vmx or Configuration Parameters (extraConfig), or:\n")

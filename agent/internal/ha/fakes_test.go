@@ -64,6 +64,7 @@ func (f *fakeDB) Promote(context.Context) error {
 	f.recovery = false
 	return nil
 }
+func (f *fakeDB) Checkpoint(context.Context) error { f.call("checkpoint"); return nil }
 func (f *fakeDB) SetSyncStandby(_ context.Context, name string) error {
 	f.call("sync=" + name)
 	f.syncNames = name

@@ -76,6 +76,10 @@ type Node struct {
 	handoverPlanned bool
 	handoverLSN     uint64
 
+	// needCheckpoint: promoted, the new timeline is not in pg_control yet;
+	// the node does not announce itself as serving until it is.
+	needCheckpoint bool
+
 	vipHeld       bool
 	switchoverReq time.Time
 	lastLog       map[string]time.Time
@@ -179,7 +183,7 @@ func (n *Node) Message() *heartbeat.Message {
 	}
 	switch n.role {
 	case heartbeat.RolePrimary:
-		m.Serving = n.pg.Up && !n.pg.InRecovery
+		m.Serving = n.pg.Up && !n.pg.InRecovery && !n.needCheckpoint
 		m.SyncOn, m.SyncStandby, m.StandbyOK = n.syncOn, n.syncStandby, n.standbyOK
 		if n.syncOn {
 			m.DegradeInMs = max(0, (n.cfg.Timeouts.DegradeAfter - now.Sub(n.lastStandbyOK)).Milliseconds())
@@ -549,6 +553,15 @@ func (n *Node) tickPrimary(ctx context.Context, now time.Time, fresh bool) {
 		}
 	}
 
+	if n.needCheckpoint {
+		if err := n.unlocked(func() error { return n.d.DB.Checkpoint(ctx) }); err != nil {
+			n.d.Log.Warn("checkpoint after promotion failed", "err", err)
+		} else {
+			n.needCheckpoint = false
+			n.wake()
+		}
+	}
+
 	// Self-fence: no peer and no witness means this node may be the isolated
 	// one; the standby may promote after PromoteAfter, so stop before that.
 	if !fresh && n.peerSilentFor(now) >= n.cfg.Timeouts.FenceAfter && !n.d.Witness.OK() {
@@ -759,6 +772,7 @@ func (n *Node) promote(ctx context.Context, now time.Time, planned bool) {
 	n.switchoverReq = time.Time{}
 	n.pg.InRecovery = false
 	n.becomePrimary(n.d.Clock.Now())
+	n.needCheckpoint = true
 	if mayLose {
 		n.restartK3s(ctx, "promotion may have lost unacknowledged transactions")
 	}

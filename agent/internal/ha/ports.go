@@ -50,6 +50,10 @@ type Database interface {
 	// Stop stops PostgreSQL (fast shutdown); no error if it is not running.
 	Stop(ctx context.Context) error
 	Promote(ctx context.Context) error
+	// Checkpoint forces a checkpoint. After a promotion it writes the new
+	// timeline into pg_control, which pg_rewind on the old primary reads:
+	// without it pg_rewind wrongly finds "no rewind required".
+	Checkpoint(ctx context.Context) error
 	// SetSyncStandby sets synchronous_standby_names to name ("" = async).
 	SetSyncStandby(ctx context.Context, name string) error
 	EnsureSlot(ctx context.Context, node string) error

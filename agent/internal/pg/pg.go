@@ -450,6 +450,9 @@ func (l *Local) Promote(ctx context.Context) error {
 	return nil
 }
 
+// Checkpoint runs CHECKPOINT (immediate).
+func (l *Local) Checkpoint(ctx context.Context) error { return l.exec(ctx, `CHECKPOINT`) }
+
 // SetSyncStandby sets synchronous_standby_names (ALTER SYSTEM + reload).
 func (l *Local) SetSyncStandby(ctx context.Context, name string) error {
 	sql := `ALTER SYSTEM RESET synchronous_standby_names`

@@ -14,7 +14,8 @@ package qemutests
 //
 // Image: EDGEPAIR_IMAGE, else dist/edgepair-debian-12.qcow2, else the pair
 // test's .cache/qemu-pair/image/edgepair-debian-12.qcow2. Needs root (network
-// namespaces and a tap), bin/builder (make build), ssh and ssh-keygen.
+// namespaces and a tap), bin/builder (make build; or EDGEPAIR_BUILDER), ssh
+// and ssh-keygen.
 
 import (
 	"bytes"
@@ -69,9 +70,9 @@ func seedImage(t *testing.T) string {
 // initial primary, so the lone VM does not initdb) is the booted one.
 func seedFiles(t *testing.T, ctx context.Context, dir, mac, pubKey string) (seedDir string) {
 	t.Helper()
-	builder := filepath.Join(repoRoot(t), "bin", "builder")
+	builder := envOr("EDGEPAIR_BUILDER", filepath.Join(repoRoot(t), "bin", "builder"))
 	if _, err := os.Stat(builder); err != nil {
-		t.Skipf("%s missing (make build): needed for builder seed", builder)
+		t.Skipf("%s missing (make build, or set EDGEPAIR_BUILDER): needed for builder seed", builder)
 	}
 	pair := fmt.Sprintf(`# written by qemu-tests/seed_test.go
 pair: seed-test
@@ -128,6 +129,15 @@ func expectedPairConfig(t *testing.T, userData string) []byte {
 	return nil
 }
 
+// bootLimit bounds one boot to the test shell: EDGEPAIR_SEED_BOOT_LIMIT
+// (a Go duration), default 8 minutes.
+func bootLimit() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("EDGEPAIR_SEED_BOOT_LIMIT")); err == nil && d > 0 {
+		return d
+	}
+	return 8 * time.Minute
+}
+
 type seedBoot struct {
 	toShell time.Duration // QEMU start to test shell
 	toReady time.Duration // QEMU start to `systemctl is-system-running --wait` returning
@@ -143,7 +153,12 @@ func bootAndWait(t *testing.T, ctx context.Context, m *harness.Machine, withSeed
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.WaitExecReady(ctx); err != nil {
+	// A boot that takes longer than this is broken (about 30 s under TCG
+	// here); without the bound a boot stuck in the initramfs would hold the
+	// test until its overall deadline.
+	wctx, cancel := context.WithTimeout(ctx, bootLimit())
+	defer cancel()
+	if err := m.WaitExecReady(wctx); err != nil {
 		con, _ := m.Console()
 		if len(con) > 3000 {
 			con = con[len(con)-3000:]

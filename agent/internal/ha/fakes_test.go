@@ -59,6 +59,7 @@ func (f *fakeDB) StartStandby(context.Context) error {
 	return nil
 }
 func (f *fakeDB) Stop(context.Context) error { f.call("stop"); f.up = false; return nil }
+func (f *fakeDB) Kill(context.Context) error { f.call("kill"); f.up = false; return nil }
 func (f *fakeDB) Promote(context.Context) error {
 	f.call("promote")
 	f.recovery = false

@@ -242,7 +242,11 @@ func (n *Node) Status() Status {
 
 func (n *Node) event(now time.Time, msg string, args ...any) {
 	n.d.Log.Info(msg, args...)
-	n.events = append(n.events, Event{At: now, What: fmt.Sprint(append([]any{msg}, args...)...)})
+	what := msg
+	for i := 0; i+1 < len(args); i += 2 {
+		what += fmt.Sprintf(" %v=%v", args[i], args[i+1])
+	}
+	n.events = append(n.events, Event{At: now, What: what})
 	if len(n.events) > 50 {
 		n.events = n.events[len(n.events)-50:]
 	}
@@ -459,6 +463,7 @@ func (n *Node) rejoin(ctx context.Context, now time.Time) {
 		n.d.Log.Error("stop before rejoin failed", "err", err)
 		return
 	}
+	n.pg = PGStatus{}
 	if n.st.LastRole == lastRolePrimary {
 		err := n.unlocked(func() error { return n.d.DB.Rewind(ctx) })
 		if err != nil {
@@ -598,8 +603,10 @@ func (n *Node) primaryDown(ctx context.Context, now time.Time, fresh bool) {
 		n.handoverPlanned, n.handoverLSN = false, 0
 		n.setRole(now, heartbeat.RoleHandover)
 		n.enforceVIP(now)
-		if err := n.unlocked(func() error { return n.d.DB.Stop(ctx) }); err != nil {
+		if err := n.unlocked(func() error { return n.d.DB.Kill(ctx) }); err != nil {
 			n.d.Log.Warn("stopping failed PostgreSQL", "err", err)
+		} else {
+			n.pg = PGStatus{}
 		}
 		return
 	}
@@ -618,8 +625,10 @@ func (n *Node) fence(ctx context.Context, now time.Time) {
 	n.event(now, "fencing: no peer and no witness; dropping the VIP and stopping PostgreSQL", "peer_silent_for", n.peerSilentFor(now).String())
 	n.setRole(now, heartbeat.RoleFenced)
 	n.enforceVIP(now)
-	if err := n.unlocked(func() error { return n.d.DB.Stop(ctx) }); err != nil {
+	if err := n.unlocked(func() error { return n.d.DB.Kill(ctx) }); err != nil {
 		n.d.Log.Error("fence: stopping PostgreSQL failed", "err", err)
+	} else {
+		n.pg = PGStatus{}
 	}
 }
 
@@ -633,6 +642,7 @@ func (n *Node) switchover(ctx context.Context, now time.Time) {
 		n.d.Log.Error("switchover: stop failed", "err", err)
 		return
 	}
+	n.pg = PGStatus{}
 	var lsn uint64
 	err := n.unlocked(func() (err error) { lsn, err = n.d.DB.CheckpointLSN(ctx); return err })
 	if err != nil {

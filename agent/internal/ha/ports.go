@@ -49,6 +49,10 @@ type Database interface {
 	StartStandby(ctx context.Context) error
 	// Stop stops PostgreSQL (fast shutdown); no error if it is not running.
 	Stop(ctx context.Context) error
+	// Kill stops PostgreSQL at once (immediate shutdown: sessions and
+	// walsenders killed, crash recovery at the next start). Used to fence:
+	// a fast shutdown waits up to wal_sender_timeout for a lost standby.
+	Kill(ctx context.Context) error
 	Promote(ctx context.Context) error
 	// Checkpoint forces a checkpoint. After a promotion it writes the new
 	// timeline into pg_control, which pg_rewind on the old primary reads:

@@ -118,3 +118,180 @@ func eventsOf(s ha.Status, sub string) []ha.Event {
 	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return out
 }
+
+func TestPrimaryAgentKilled(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	p.KillAgent(0)
+	// PostgreSQL and the VIP stay on node-a: the standby must not promote
+	// while PostgreSQL answers through the VIP.
+	time.Sleep(8 * time.Second)
+	if a, ok := w.FirstAfter(t0.Add(5*time.Second), p.Names[0]); !ok {
+		t.Errorf("no write acknowledged by node-a 5 s after its agent died")
+	} else {
+		t.Logf("writes continue on node-a without its agent (ack at +%s)", a.At.Sub(t0).Round(time.Millisecond))
+	}
+	if b, err := p.Status(1); err != nil || b.Role != "standby" || b.Term != 1 {
+		t.Errorf("node-b after 8 s without node-a's agent: role %s term %d err %v", b.Role, b.Term, err)
+	}
+	p.StartAgent(0)
+	p.WaitFor("node-a's agent adopts the running primary", 30*time.Second, Healthy(0))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(0, 0)
+}
+
+func TestPrimaryNodeGoneAndBack(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(1500 * time.Millisecond)
+	t0 := time.Now()
+	p.PowerOff(0)
+	first, err := w.WaitAck(t0, p.Names[1], 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := result{failover: first.At.Sub(t0)}
+	if last, ok := w.LastBefore(t0); ok {
+		r.unavailable = first.At.Sub(last.At)
+	}
+	time.Sleep(2 * time.Second)
+	t1 := time.Now()
+	p.PowerOn(0)
+	a, _ := p.WaitFor("the old primary is back as synchronous standby", 60*time.Second, Healthy(1))
+	r.rejoin = time.Since(t1)
+	if len(eventsOf(a, "rejoining")) == 0 {
+		t.Errorf("node-a became standby without a rejoin event: %+v", a.Events)
+	}
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(1, 1)
+	logResult(t, "node-gone", r)
+}
+
+func TestPartitionWithWitness(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	if err := p.Net.Partition(true); err != nil {
+		t.Fatal(err)
+	}
+	// node-b reaches the witness but not node-a, and PostgreSQL still answers
+	// through the VIP: it must not promote. node-a keeps the VIP and drops to
+	// asynchronous replication after degradeAfter.
+	a, _ := p.WaitFor("node-a degrades to async, node-b stays standby", 20*time.Second, func(a, b ha.Status) bool {
+		return a.Role == "primary" && !a.SyncOn && b.Role == "standby"
+	})
+	if d := eventsOf(a, "degraded"); len(d) > 0 {
+		t.Logf("RESULT scenario=partition degrade_after_ms=%d (node-a's commits wait for the lost standby until then)", d[0].At.Sub(t0).Milliseconds())
+	}
+	if _, err := w.WaitAck(time.Now(), p.Names[0], 5*time.Second); err != nil {
+		t.Fatalf("writes do not continue on node-a after degrading: %v", err)
+	}
+	if last, ok := w.LastBefore(time.Now()); ok {
+		t.Logf("last ack by %s", last.Node)
+	}
+	time.Sleep(2 * time.Second)
+	if b, _ := p.Status(1); b.Term != a.Term || b.Role != "standby" {
+		t.Fatalf("node-b promoted during the partition: %s term %d", b.Role, b.Term)
+	}
+	if err := p.Net.Partition(false); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitFor("synchronous replication restored after the partition", 30*time.Second, Healthy(0))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(0, 0)
+}
+
+func TestPrimaryIsolated(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	if err := p.Net.SetLinks(0, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.WaitAck(t0, p.Names[1], 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := p.WaitFor("node-a fenced, node-b primary", 20*time.Second, func(a, b ha.Status) bool {
+		return a.Role == "fenced" && b.Role == "primary"
+	})
+	fenced := eventsOf(a, "to=fenced")
+	if len(fenced) == 0 || b.LastFailover.IsZero() {
+		t.Fatalf("no fence event on node-a (%v) or no failover on node-b", a.Events)
+	}
+	if !fenced[0].At.Before(b.LastFailover) {
+		t.Fatalf("node-a fenced at %s, not before node-b promoted at %s", fenced[0].At, b.LastFailover)
+	}
+	t.Logf("node-a fenced %s before node-b promoted", b.LastFailover.Sub(fenced[0].At).Round(time.Millisecond))
+	for i := 0; i < 30 && p.PostmasterPID(0) != 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if a.VIPHeld || a.PG.Up || p.PostmasterPID(0) != 0 {
+		t.Fatalf("fenced node-a still holds the VIP (%v) or runs PostgreSQL (status %v, pid %d)", a.VIPHeld, a.PG.Up, p.PostmasterPID(0))
+	}
+	if err := p.Net.SetLinks(0, true); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitFor("node-a rejoins as synchronous standby", 60*time.Second, Healthy(1))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(1, 1)
+}
+
+func TestSwitchover(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	out, err := Exec(p.Net.Nodes[1], agentBin, "switchover", "--agent-url", "http://127.0.0.1:7947", "--wait", "60s")
+	t.Logf("switchover output:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WaitFor("node-b primary, node-a synchronous standby", 30*time.Second, Healthy(1))
+	first, err := w.WaitAck(t0, p.Names[1], 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, _ := w.LastBefore(first.At)
+	t.Logf("RESULT scenario=switchover unavailable_ms=%d", first.At.Sub(last.At).Milliseconds())
+	b, _ := p.Status(1)
+	if b.K3sEpoch != 0 {
+		t.Errorf("a planned switchover bumped the k3s epoch to %d", b.K3sEpoch)
+	}
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(1, 1)
+}
+
+func TestBothRestarted(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(1500 * time.Millisecond)
+	p.PowerOff(0)
+	p.PowerOff(1)
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	p.PowerOn(1) // the standby first: it must wait, not promote
+	time.Sleep(3 * time.Second)
+	if b, _ := p.Status(1); b.Role == "primary" {
+		t.Fatalf("node-b became primary alone after a restart of both")
+	}
+	p.PowerOn(0)
+	p.WaitFor("node-a primary again with node-b synchronous", 60*time.Second, Healthy(0))
+	first, err := w.WaitAck(t0, p.Names[0], 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first write %s after the nodes came back", first.At.Sub(t0).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(0, 0)
+}

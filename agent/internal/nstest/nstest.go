@@ -199,3 +199,29 @@ func Dialer(ns string) func(ctx context.Context, network, addr string) (net.Conn
 		return r.c, r.err
 	}
 }
+
+// Partition cuts every path between the two nodes (the direct link down,
+// LAN traffic to the peer's own address blackholed) while both still reach
+// the client/witness namespace and the standby still reaches PostgreSQL
+// through the VIP (replies from the VIP are let through). on=false heals it.
+func (n *Net) Partition(on bool) error {
+	op, state := "add", "down"
+	if !on {
+		op, state = "del", "up"
+	}
+	for i := range 2 {
+		peer := n.LAN(1 - i).Addr().String()
+		steps := [][]string{
+			{"-n", n.Nodes[i], "route", op, "blackhole", peer + "/32", "table", "100"},
+			{"-n", n.Nodes[i], "rule", op, "from", n.VIP().Addr().String(), "to", peer, "lookup", "main", "priority", "100"},
+			{"-n", n.Nodes[i], "rule", op, "to", peer, "lookup", "100", "priority", "101"},
+			{"-n", n.Nodes[i], "link", "set", "eth1", state},
+		}
+		for _, s := range steps {
+			if err := IP(s...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -32,6 +32,7 @@ import (
 type Service interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
+	Kill(ctx context.Context) error
 }
 
 // Names of the roles and database the agent creates.
@@ -434,6 +435,17 @@ func (l *Local) Stop(ctx context.Context) error {
 	l.mu.Unlock()
 	if err := l.svc.Stop(ctx); err != nil {
 		return fmt.Errorf("stop PostgreSQL: %w", err)
+	}
+	return nil
+}
+
+// Kill stops the server immediately.
+func (l *Local) Kill(ctx context.Context) error {
+	l.mu.Lock()
+	l.drop()
+	l.mu.Unlock()
+	if err := l.svc.Kill(ctx); err != nil {
+		return fmt.Errorf("kill PostgreSQL: %w", err)
 	}
 	return nil
 }

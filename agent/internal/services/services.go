@@ -25,6 +25,9 @@ type Unit interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
 	Restart(ctx context.Context) error
+	// Kill ends the service at once (SIGQUIT to the main process: for
+	// PostgreSQL an immediate shutdown) and waits until it is stopped.
+	Kill(ctx context.Context) error
 }
 
 // Systemd controls units through systemd's D-Bus API.
@@ -72,6 +75,13 @@ func (u *systemdUnit) Start(ctx context.Context) error {
 
 func (u *systemdUnit) Stop(ctx context.Context) error {
 	return u.job(ctx, "stop", func(ch chan<- string) (int, error) { return u.s.conn.StopUnitContext(ctx, u.name, "replace", ch) })
+}
+
+func (u *systemdUnit) Kill(ctx context.Context) error {
+	if err := u.s.conn.KillUnitWithTarget(ctx, u.name, dbus.Main, int32(syscall.SIGQUIT)); err != nil {
+		return fmt.Errorf("kill %s: %w", u.name, err)
+	}
+	return u.Stop(ctx)
 }
 
 func (u *systemdUnit) Restart(ctx context.Context) error {
@@ -153,6 +163,24 @@ func (p *PgCtl) Stop(ctx context.Context) error {
 			return nil
 		}
 		return fmt.Errorf("pg_ctl stop: exit %d: %s", code, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// Kill does an immediate shutdown.
+func (p *PgCtl) Kill(ctx context.Context) error {
+	if ok, err := p.Running(ctx); err == nil && !ok {
+		return nil
+	}
+	code, out, err := p.run(ctx, "-m", "immediate", "-w", "-t", "30", "stop")
+	if err != nil {
+		return fmt.Errorf("pg_ctl stop -m immediate: %w", err)
+	}
+	if code != 0 {
+		if ok, err := p.Running(ctx); err == nil && !ok {
+			return nil
+		}
+		return fmt.Errorf("pg_ctl stop -m immediate: exit %d: %s", code, strings.TrimSpace(out))
 	}
 	return nil
 }
@@ -239,6 +267,16 @@ func (d *Daemon) Stop(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("stop %s: pid %d still running after 10s", d.Name, pid)
+}
+
+// Kill sends SIGKILL.
+func (d *Daemon) Kill(ctx context.Context) error {
+	if pid := d.PID(); pid != 0 {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return fmt.Errorf("kill %s: %w", d.Name, err)
+		}
+	}
+	return nil
 }
 
 // Restart stops and starts.

@@ -122,6 +122,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	if err := kaSvc.Start(ctx); err != nil {
 		log.Error("starting keepalived failed; the VIP cannot move until it runs", "err", err)
 	}
+	go keepRunning(ctx, kaSvc, 5*time.Second, log.With("component", "keepalived"))
 
 	k3sPass := pair.K3sDatastorePassword(p.Key)
 	k3sNets := []netip.Prefix{p.Self.Address.Masked(), netip.PrefixFrom(p.Cfg.VIP.Address.Addr(), 32)}
@@ -183,6 +184,20 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		log.Warn("sd_notify READY failed", "err", err)
 	}
 	return node.Run(ctx)
+}
+
+// keepRunning starts svc again if it died (Start is a no-op while it runs).
+func keepRunning(ctx context.Context, svc services.Unit, every time.Duration, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		if err := svc.Start(ctx); err != nil {
+			log.Warn("keepalived is not running and could not be started", "err", err)
+		}
+	}
 }
 
 type realClock struct{}

@@ -65,6 +65,16 @@ func TestNodeGoneFailover(t *testing.T) {
 	if p.b.st.s.Term != 2 || !p.b.db.has("promote") || p.b.db.syncNames != "" || !p.b.vip.held {
 		t.Fatalf("b after promotion: %+v calls=%v vip=%v", p.b.st.s, p.b.db.calls, p.b.vip.held)
 	}
+	// pg_rewind on the old primary needs the new timeline in pg_control:
+	// the new primary is not "serving" for the peer before its checkpoint.
+	if m := p.b.n.Message(); m.Serving || p.b.db.has("checkpoint") {
+		t.Fatalf("announced serving before the checkpoint: %+v", m)
+	}
+	p.clock.Add(timeouts.Heartbeat)
+	p.b.n.Tick(context.Background())
+	if m := p.b.n.Message(); !m.Serving || !p.b.db.has("checkpoint") {
+		t.Fatalf("no checkpoint after promotion: calls=%v serving=%v", p.b.db.calls, m.Serving)
+	}
 }
 
 func TestStandbyDoesNotPromoteWithoutWitnessOrWhileVIPAnswers(t *testing.T) {

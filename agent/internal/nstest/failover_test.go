@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -294,4 +295,148 @@ func TestBothRestarted(t *testing.T) {
 	time.Sleep(time.Second)
 	w.Stop()
 	w.Verify(0, 0)
+}
+
+// TestFailoverTimes measures failover for BENCHMARKS.md; it runs only when
+// EDGEPAIR_FAILOVER_RUNS is set (e.g. 5), each run on a fresh pair:
+//
+//	EDGEPAIR_FAILOVER_RUNS=5 go test -tags integration -run TestFailoverTimes -v ./agent/internal/nstest
+func TestFailoverTimes(t *testing.T) {
+	runs := 0
+	if v := os.Getenv("EDGEPAIR_FAILOVER_RUNS"); v != "" {
+		if _, err := fmt.Sscan(v, &runs); err != nil || runs < 1 {
+			t.Fatalf("EDGEPAIR_FAILOVER_RUNS=%q, want a positive number", v)
+		}
+	}
+	if runs == 0 {
+		t.Skip("set EDGEPAIR_FAILOVER_RUNS=N to measure failover times")
+	}
+	scenarios := []struct {
+		name string
+		run  func(t *testing.T) result
+	}{
+		{"pg-stopped", func(t *testing.T) result {
+			p := startHealthy(t)
+			return failover(t, p, func() error { return p.StopPostgres(0) })
+		}},
+		{"node-gone", func(t *testing.T) result {
+			p := startHealthy(t)
+			w := p.StartWriter()
+			time.Sleep(1500 * time.Millisecond)
+			t0 := time.Now()
+			p.PowerOff(0)
+			first, err := w.WaitAck(t0, p.Names[1], 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := result{failover: first.At.Sub(t0)}
+			if last, ok := w.LastBefore(t0); ok {
+				r.unavailable = first.At.Sub(last.At)
+			}
+			t1 := time.Now()
+			p.PowerOn(0)
+			p.WaitFor("rejoin", 60*time.Second, Healthy(1))
+			r.rejoin = time.Since(t1)
+			time.Sleep(500 * time.Millisecond)
+			w.Stop()
+			w.Verify(1, 1)
+			return r
+		}},
+	}
+	for _, sc := range scenarios {
+		var rs []result
+		for i := range runs {
+			t.Run(fmt.Sprintf("%s/%d", sc.name, i), func(t *testing.T) {
+				r := sc.run(t)
+				logResult(t, sc.name, r)
+				rs = append(rs, r)
+			})
+		}
+		if len(rs) == 0 {
+			continue
+		}
+		stat := func(get func(result) time.Duration) string {
+			var d []time.Duration
+			for _, r := range rs {
+				d = append(d, get(r))
+			}
+			sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+			med := d[len(d)/2]
+			if len(d)%2 == 0 {
+				med = (d[len(d)/2-1] + d[len(d)/2]) / 2
+			}
+			return fmt.Sprintf("median %.2f s, min %.2f s, max %.2f s", med.Seconds(), d[0].Seconds(), d[len(d)-1].Seconds())
+		}
+		t.Logf("SUMMARY %s (%d runs): failover %s; write-unavailable %s; rejoin %s", sc.name, len(rs),
+			stat(func(r result) time.Duration { return r.failover }),
+			stat(func(r result) time.Duration { return r.unavailable }),
+			stat(func(r result) time.Duration { return r.rejoin }))
+	}
+}
+
+func TestStandbyIsolated(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	if err := p.Net.SetLinks(1, false); err != nil {
+		t.Fatal(err)
+	}
+	// node-b reaches neither the peer nor the witness: it must not promote.
+	// node-a keeps serving and degrades to async after degradeAfter.
+	a, _ := p.WaitFor("node-a degrades to async", 20*time.Second, func(a, b ha.Status) bool {
+		return a.Role == "primary" && !a.SyncOn && b.Role == "standby"
+	})
+	if d := eventsOf(a, "degraded"); len(d) > 0 {
+		t.Logf("RESULT scenario=standby-isolated degrade_after_ms=%d", d[0].At.Sub(t0).Milliseconds())
+	}
+	if _, err := w.WaitAck(time.Now(), p.Names[0], 5*time.Second); err != nil {
+		t.Fatalf("writes do not continue on node-a: %v", err)
+	}
+	time.Sleep(3 * time.Second)
+	if b, _ := p.Status(1); b.Role != "standby" || b.Term != 1 || b.WitnessOK {
+		t.Fatalf("isolated node-b: role %s term %d witness %v", b.Role, b.Term, b.WitnessOK)
+	}
+	if err := p.Net.SetLinks(1, true); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitFor("synchronous again after the standby is back", 30*time.Second, Healthy(0))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(0, 0)
+}
+
+// TestKeepalivedKilledThenFailover: keepalived on the primary is killed with
+// -9, which leaves the VIP on the interface, and PostgreSQL stops right after:
+// the agent must remove the VIP itself (netlink) for node-b to take over, and
+// start keepalived again.
+func TestKeepalivedKilledThenFailover(t *testing.T) {
+	p := startHealthy(t)
+	pids := p.keepalivedPIDs(0)
+	if len(pids) == 0 {
+		t.Fatal("no keepalived on node-a")
+	}
+	r := failover(t, p, func() error {
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				return err
+			}
+		}
+		return p.StopPostgres(0)
+	})
+	out, err := Exec(p.Net.Nodes[0], "ip", "-4", "addr", "show", "dev", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, p.Net.VIP().Addr().String()+"/") {
+		t.Fatalf("node-a still has the VIP after the failover:\n%s", out)
+	}
+	a, _ := p.Status(0)
+	if len(eventsOf(a, "removing the VIP")) == 0 {
+		t.Errorf("node-a's agent did not remove the VIP itself: %v", a.Events)
+	}
+	if len(p.keepalivedPIDs(0)) == 0 {
+		t.Errorf("keepalived was not started again on node-a")
+	}
+	logResult(t, "keepalived-killed-then-pg-stopped", r)
 }

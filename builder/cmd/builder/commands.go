@@ -111,7 +111,14 @@ checksums. Same inputs and SOURCE_DATE_EPOCH give a byte-identical raw image.`,
 			for _, w := range res.Warnings {
 				fmt.Fprintln(os.Stderr, "warning:", w)
 			}
-			fmt.Fprintf(os.Stderr, "\nbuilt %s in %.1fs (base %s)\n", p.ImageName(), res.Duration.Seconds(), map[bool]string{true: "from cache", false: "built"}[res.BaseCached])
+			base := "built with mmdebstrap"
+			switch {
+			case o.Base != "":
+				base = "from " + o.Base
+			case res.BaseCached:
+				base = "from cache"
+			}
+			fmt.Fprintf(os.Stderr, "\nbuilt %s in %.1fs (base %s)\n", p.ImageName(), res.Duration.Seconds(), base)
 			fmt.Fprintf(os.Stderr, "  root %s: %.1f MiB, sha256 %s\n", res.Manifest.RootFS.Type, float64(res.Manifest.RootFS.Size)/(1<<20), res.Manifest.RootFS.SHA256)
 			for _, a := range res.Artifacts {
 				fmt.Printf("%s\t%d\t%s\n", a.Path, a.Size, a.SHA256)

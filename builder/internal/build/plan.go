@@ -73,6 +73,11 @@ func NewPlan(o Options) (*Plan, error) {
 		return nil, err
 	}
 	o.Repo = repo
+	if o.Cache != "" {
+		if o.Cache, err = filepath.Abs(o.Cache); err != nil {
+			return nil, err
+		}
+	}
 	spec, err := rootfs.NewSpec(o.Profile, o.Repo)
 	if err != nil {
 		return nil, err

@@ -50,7 +50,13 @@ func Make(ctx context.Context, tree, out string, o Options) error {
 	}
 	_ = os.Remove(out)
 	cmd := exec.CommandContext(ctx, prog, args...)
-	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+strconv.FormatInt(o.Epoch, 10))
+	// mksquashfs refuses SOURCE_DATE_EPOCH together with -all-time, and the
+	// options already pin every time: keep the variable out of its way.
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "SOURCE_DATE_EPOCH=") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
 	b, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s: %w: %s", prog, err, strings.TrimSpace(string(b)))

@@ -60,6 +60,10 @@ standin: ## build the k3s stand-in (kine + kube-apiserver, NOT k3s) into .cache/
 bench: ## benchmarks (see BENCHMARKS.md)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
 
+.PHONY: bench-failover
+bench-failover: ## agent failover times, 5 runs per scenario in namespaces (root; BENCHMARKS.md "Agent")
+	EDGEPAIR_FAILOVER_RUNS=5 $(GO) test -tags integration -count=1 -run TestFailoverTimes -v -timeout 30m ./agent/internal/nstest
+
 fuzz: ## run each fuzz target for a short while
 	@for t in $$($(GO) test -list '^Fuzz' ./... | grep -E '^(Fuzz|ok)'); do :; done
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./agent/pairconfig

@@ -393,6 +393,13 @@ func (n *Node) tickStarting(ctx context.Context, now time.Time, fresh bool) {
 	}
 	if peerPrimary {
 		if n.peer.Term >= n.st.Term {
+			if n.st.LastRole == lastRoleStandby {
+				// Was a standby: nothing to rewind. Start it as standby
+				// (a running standby is adopted, not restarted).
+				n.event(now, "starting as standby of the serving primary", "peer_term", n.peer.Term)
+				n.finishRejoin(ctx)
+				return
+			}
 			n.rejoin(ctx, now)
 		} else {
 			n.logEvery(now, "stale-peer", 5*time.Second, "peer serves as primary with a lower term; waiting for it to step down", "peer_term", n.peer.Term, "term", n.st.Term)

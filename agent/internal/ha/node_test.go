@@ -382,3 +382,14 @@ func TestLossyPromotionBumpsK3sEpoch(t *testing.T) {
 		t.Fatalf("role=%s epoch=%d restarts=%d", p.b.n.role, p.b.st.s.K3sEpoch, p.b.k3s.restarts)
 	}
 }
+
+func TestRestartedStandbyAgentAdoptsRunningStandby(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "b", "a", c, store.State{Term: 2, LastRole: "standby"})
+	r.db.hasData, r.db.up, r.db.recovery = true, true, true
+	r.n.OnHeartbeat(&heartbeat.Message{Node: "a", BootID: "x", Seq: 1, Term: 2, Role: heartbeat.RolePrimary, Serving: true, LastRole: "primary"})
+	r.n.Tick(context.Background())
+	if r.db.has("stop") || r.db.has("rewind") || !r.db.has("startStandby") || r.n.role != heartbeat.RoleStandby {
+		t.Fatalf("calls=%v role=%s", r.db.calls, r.n.role)
+	}
+}

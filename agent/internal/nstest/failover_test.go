@@ -418,7 +418,8 @@ func TestKeepalivedKilledThenFailover(t *testing.T) {
 	}
 	r := failover(t, p, func() error {
 		for _, pid := range pids {
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			// the VRRP child may already be gone with its parent
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
 				return err
 			}
 		}
@@ -439,4 +440,35 @@ func TestKeepalivedKilledThenFailover(t *testing.T) {
 		t.Errorf("keepalived was not started again on node-a")
 	}
 	logResult(t, "keepalived-killed-then-pg-stopped", r)
+}
+
+// TestAgentsRestartChangeNothing: restarting both agents on a configured,
+// healthy pair keeps PostgreSQL running (same postmasters), the roles and
+// the term; the status command shows the pair.
+func TestAgentsRestartChangeNothing(t *testing.T) {
+	p := startHealthy(t)
+	before := [2]int{p.PostmasterPID(0), p.PostmasterPID(1)}
+	a0, _ := p.Status(0)
+	p.KillAgent(0)
+	p.KillAgent(1)
+	p.StartAgent(0)
+	p.StartAgent(1)
+	time.Sleep(2 * time.Second)
+	a, _ := p.WaitFor("healthy again after restarting both agents", 30*time.Second, Healthy(0))
+	if after := [2]int{p.PostmasterPID(0), p.PostmasterPID(1)}; after != before {
+		t.Errorf("PostgreSQL was restarted: postmasters %v -> %v", before, after)
+	}
+	if a.Term != a0.Term {
+		t.Errorf("term changed %d -> %d", a0.Term, a.Term)
+	}
+	out, err := Exec(p.Net.Nodes[1], agentBin, "status", "--agent-url", "http://127.0.0.1:7947")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("edgepair-agent status on node-b:\n%s", out)
+	for _, want := range []string{"node-b (self)", "standby", "node-a", "primary", "sync(node-b)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q", want)
+		}
+	}
 }

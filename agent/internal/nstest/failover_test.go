@@ -472,3 +472,38 @@ func TestAgentsRestartChangeNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestRejoinFallsBackToClone: the old primary's WAL is gone while it is
+// down, so pg_rewind cannot work; the agent must move the data directory
+// aside (kept) and clone afresh, with no operator step.
+func TestRejoinFallsBackToClone(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	p.PowerOff(0)
+	if _, err := w.WaitAck(t0, p.Names[1], 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(p.PGData(0), "pg_wal", "0000000*"))
+	if len(segs) == 0 {
+		t.Fatal("no WAL segments found on node-a")
+	}
+	for _, s := range segs {
+		if err := os.Remove(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.PowerOn(0)
+	a, _ := p.WaitFor("node-a re-cloned and synchronous standby", 90*time.Second, Healthy(1))
+	if len(eventsOf(a, "pg_rewind failed")) == 0 {
+		t.Errorf("no rewind failure recorded: %v", a.Events)
+	}
+	aside, _ := filepath.Glob(p.PGData(0) + ".old-*")
+	if len(aside) != 1 {
+		t.Errorf("old data directory not kept aside: %v", aside)
+	}
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(1, 1)
+}

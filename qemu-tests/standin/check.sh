@@ -36,7 +36,8 @@ write-kubeconfig: "$work/k3s.yaml"
 CFG
 "$k3s" --version
 start=$(date +%s.%N)
-inns "$k3s" server --config "$work/config.yaml" --data-dir "$work/data" >"$work/k3s.log" 2>&1 &
+# ip netns exec execs k3s: $! is the stand-in itself (a shell function would fork)
+ip netns exec "$ns" "$k3s" server --config "$work/config.yaml" --data-dir "$work/data" >"$work/k3s.log" 2>&1 &
 k3spid=$!
 api() { inns curl -sk -H "Authorization: Bearer $token" "$@"; }
 for i in $(seq 1 120); do

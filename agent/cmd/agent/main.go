@@ -141,6 +141,27 @@ func newApp() *cli.App {
 					}
 				},
 			},
+			{
+				Name:  "force-primary",
+				Usage: "operator override: make this node primary although its peer is gone (refused while the peer is heard; if the peer is in fact serving, this makes two primaries)",
+				Flags: []cli.Flag{configFlag, statusFlag, &cli.BoolFlag{Name: "yes-i-know", Usage: "confirm that the peer is down for good"}},
+				Action: func(c *cli.Context) error {
+					if !c.Bool("yes-i-know") {
+						return errors.New("force-primary needs --yes-i-know: make sure the peer is powered off or cut off first")
+					}
+					u, err := agentURL()
+					if err != nil {
+						return err
+					}
+					ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+					defer cancel()
+					if err := statusapi.ForcePrimary(ctx, u); err != nil {
+						return err
+					}
+					fmt.Println("force-primary requested; see `edgepair-agent status`")
+					return nil
+				},
+			},
 		},
 	}
 }

@@ -82,6 +82,7 @@ type Node struct {
 
 	vipHeld       bool
 	switchoverReq time.Time
+	forceReq      bool
 	lastLog       map[string]time.Time
 	events        []Event
 }
@@ -165,6 +166,75 @@ func (n *Node) RequestSwitchover() error {
 	n.switchoverReq = n.d.Clock.Now()
 	n.wake()
 	return nil
+}
+
+// ForcePrimary is the operator's override for a pair that cannot decide on
+// its own (the peer is gone for good and this node waits, fenced or as a
+// non-synchronous standby). It is refused while the peer is heard. The
+// operator takes responsibility: if the peer is in fact alive and serving,
+// this makes two primaries.
+func (n *Node) ForcePrimary() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.peerFresh(n.d.Clock.Now()) {
+		return fmt.Errorf("force-primary: peer %s is reachable (%s, term %d); use switchover", n.cfg.Peer, n.peer.Role, n.peer.Term)
+	}
+	switch n.role {
+	case heartbeat.RoleStarting, heartbeat.RoleFenced, heartbeat.RoleStandby, heartbeat.RoleHandover:
+	default:
+		return fmt.Errorf("force-primary: this node is %s", n.role)
+	}
+	if !n.d.DB.HasData() {
+		return fmt.Errorf("force-primary: no data directory on this node")
+	}
+	n.forceReq = true
+	n.wake()
+	return nil
+}
+
+func (n *Node) forcePrimary(ctx context.Context, now time.Time) {
+	n.forceReq = false
+	if n.peerFresh(now) {
+		n.d.Log.Warn("force-primary dropped: the peer is reachable again")
+		return
+	}
+	wasStandby := n.st.LastRole == lastRoleStandby
+	peerTerm := uint64(0)
+	if n.peer != nil {
+		peerTerm = n.peer.Term
+	}
+	prev := n.st
+	n.st.Term = max(n.st.Term, peerTerm) + 1
+	n.st.LastRole = lastRolePrimary
+	n.st.LastFailover = now
+	n.st.K3sEpoch++ // anything may be missing: restart k3s everywhere
+	if n.save() != nil {
+		n.st = prev
+		return
+	}
+	n.event(now, "FORCED to primary by the operator", "term", n.st.Term, "was", n.role)
+	if wasStandby {
+		// keep the timeline history right: start as standby, then promote
+		if err := n.unlocked(func() error { return n.d.DB.StartStandby(ctx) }); err != nil {
+			n.d.Log.Error("force-primary: start standby failed", "err", err)
+			return
+		}
+		if err := n.unlocked(func() error { return n.d.DB.Promote(ctx) }); err != nil {
+			n.d.Log.Error("force-primary: promote failed", "err", err)
+		}
+		if err := n.d.DB.SetSyncStandby(ctx, ""); err != nil {
+			n.d.Log.Error("force-primary: reset synchronous_standby_names", "err", err)
+		}
+	} else if err := n.unlocked(func() error { return n.d.DB.StartPrimary(ctx) }); err != nil {
+		n.d.Log.Error("force-primary: start primary failed", "err", err)
+		return
+	}
+	if err := n.d.DB.EnsureSlot(ctx, n.cfg.Peer); err != nil {
+		n.d.Log.Warn("creating the peer's replication slot failed", "err", err)
+	}
+	n.becomePrimary(n.d.Clock.Now())
+	n.needCheckpoint = true
+	n.restartK3s(ctx, "forced promotion")
 }
 
 // Message is the heartbeat this node sends now.
@@ -340,6 +410,12 @@ func (n *Node) Tick(ctx context.Context) {
 				return
 			}
 		}
+	}
+
+	if n.forceReq {
+		n.forcePrimary(ctx, now)
+		n.enforceVIP(now)
+		return
 	}
 
 	switch n.role {

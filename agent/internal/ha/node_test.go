@@ -393,3 +393,30 @@ func TestRestartedStandbyAgentAdoptsRunningStandby(t *testing.T) {
 		t.Fatalf("calls=%v role=%s", r.db.calls, r.n.role)
 	}
 }
+
+func TestForcePrimary(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "a", "b", c, store.State{Term: 3, LastRole: "primary"})
+	r.db.hasData = true
+	for i := 0; i < 20; i++ {
+		c.Add(200 * time.Millisecond)
+		r.n.Tick(context.Background())
+	}
+	if r.n.role != heartbeat.RoleStarting {
+		t.Fatalf("role %s", r.n.role)
+	}
+	if err := r.n.ForcePrimary(); err != nil {
+		t.Fatal(err)
+	}
+	r.n.Tick(context.Background())
+	if r.n.role != heartbeat.RolePrimary || r.st.s.Term != 4 || !r.db.has("startPrimary") || r.k3s.restarts != 1 {
+		t.Fatalf("role=%s state=%+v calls=%v k3s=%d", r.n.role, r.st.s, r.db.calls, r.k3s.restarts)
+	}
+	// refused while the peer is heard
+	r2 := newRig(t, "a", "b", c, store.State{Term: 3, LastRole: "primary"})
+	r2.db.hasData = true
+	r2.n.OnHeartbeat(&heartbeat.Message{Node: "b", BootID: "x", Seq: 1, Term: 3, Role: heartbeat.RoleStarting})
+	if err := r2.n.ForcePrimary(); err == nil {
+		t.Fatal("force-primary accepted while the peer is reachable")
+	}
+}

@@ -507,3 +507,37 @@ func TestRejoinFallsBackToClone(t *testing.T) {
 	w.Stop()
 	w.Verify(1, 1)
 }
+
+// TestForcePrimaryAfterPeerLost: both nodes lose power, only the old primary
+// comes back. It waits (it cannot know the peer did not promote) until the
+// operator runs force-primary; the peer, back later, rejoins as standby.
+func TestForcePrimaryAfterPeerLost(t *testing.T) {
+	p := startHealthy(t)
+	w := p.StartWriter()
+	time.Sleep(time.Second)
+	p.PowerOff(1)
+	p.PowerOff(0)
+	p.PowerOn(0)
+	time.Sleep(4 * time.Second)
+	if a, _ := p.Status(0); a.Role != "starting" || a.PG.Up {
+		t.Fatalf("old primary did not wait for its peer: %s (postgres up %v)", a.Role, a.PG.Up)
+	}
+	if out, err := Exec(p.Net.Nodes[0], agentBin, "force-primary", "--agent-url", "http://127.0.0.1:7947"); err == nil {
+		t.Fatalf("force-primary without --yes-i-know succeeded: %s", out)
+	}
+	t0 := time.Now()
+	if out, err := Exec(p.Net.Nodes[0], agentBin, "force-primary", "--yes-i-know", "--agent-url", "http://127.0.0.1:7947"); err != nil {
+		t.Fatalf("force-primary: %v\n%s", err, out)
+	}
+	if _, err := w.WaitAck(t0, p.Names[0], 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.PowerOn(1)
+	a, _ := p.WaitFor("node-b back as synchronous standby", 60*time.Second, Healthy(0))
+	if a.Term != 2 {
+		t.Errorf("term after force-primary: %d, want 2", a.Term)
+	}
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(0, 0)
+}

@@ -25,6 +25,7 @@ import (
 type Source interface {
 	Status() ha.Status
 	RequestSwitchover() error
+	ForcePrimary() error
 }
 
 // Handler returns the HTTP handler.
@@ -39,18 +40,22 @@ func Handler(src Source) http.Handler {
 		_ = enc.Encode(src.Status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("POST /switchover", func(w http.ResponseWriter, r *http.Request) {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			http.Error(w, "switchover is accepted from the node itself only", http.StatusForbidden)
-			return
+	local := func(name string, f func() error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+				http.Error(w, name+" is accepted from the node itself only", http.StatusForbidden)
+				return
+			}
+			if err := f(); err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			fmt.Fprintln(w, name, "requested")
 		}
-		if err := src.RequestSwitchover(); err != nil {
-			http.Error(w, err.Error(), http.StatusConflict)
-			return
-		}
-		fmt.Fprintln(w, "switchover requested")
-	})
+	}
+	mux.HandleFunc("POST /switchover", local("switchover", src.RequestSwitchover))
+	mux.HandleFunc("POST /force-primary", local("force-primary", src.ForcePrimary))
 	return mux
 }
 
@@ -143,19 +148,24 @@ func Fetch(ctx context.Context, base string) (ha.Status, error) {
 }
 
 // Switchover asks the local agent for a planned switchover.
-func Switchover(ctx context.Context, base string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/switchover", nil)
+func Switchover(ctx context.Context, base string) error { return post(ctx, base, "switchover") }
+
+// ForcePrimary asks the local agent to become primary without its peer.
+func ForcePrimary(ctx context.Context, base string) error { return post(ctx, base, "force-primary") }
+
+func post(ctx context.Context, base, what string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/"+what, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("switchover: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("switchover refused: %s", strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s refused: %s", what, strings.TrimSpace(string(body)))
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ type src struct {
 
 func (f *src) Status() ha.Status        { return f.s }
 func (f *src) RequestSwitchover() error { f.req++; return f.err }
+func (f *src) ForcePrimary() error      { f.req++; return f.err }
 
 func TestEndpoints(t *testing.T) {
 	f := &src{s: ha.Status{Node: "a", Role: heartbeat.RolePrimary, Term: 3, SyncOn: true, SyncStandby: "b", VIPHeld: true,

@@ -20,7 +20,8 @@ import (
 )
 
 func commands() []*cli.Command {
-	return []*cli.Command{buildCommand(), planCommand(), inspectCommand()}
+	// seedCommand is H3's, in seed.go.
+	return []*cli.Command{buildCommand(), planCommand(), inspectCommand(), seedCommand()}
 }
 
 func profileFlags() []cli.Flag {

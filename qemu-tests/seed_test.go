@@ -213,7 +213,7 @@ func TestSeedBoot(t *testing.T) {
 			boots = n
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(15+10*boots)*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20+15*boots)*time.Minute)
 	defer cancel()
 	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
 	if dir == "" {
@@ -278,9 +278,32 @@ func TestSeedBoot(t *testing.T) {
 		t.Helper()
 		out, err := m.ExecOK(ctx, cmd)
 		if err != nil {
+			if !m.Running() {
+				t.Fatalf("%s: the machine stopped: %v", cmd, err)
+			}
 			t.Errorf("%s: %v", cmd, err)
 		}
 		return strings.TrimSpace(out)
+	}
+	// On failure keep the guest's journal and cloud-init log beside the
+	// console (registered after m's Close, so it runs before it).
+	t.Cleanup(func() {
+		if !t.Failed() || !m.Running() {
+			return
+		}
+		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer ccancel()
+		if p, err := m.JournalExtract(cctx); err == nil {
+			t.Logf("journal: %s", p)
+		}
+		if out, err := m.ExecOK(cctx, "cat /var/log/cloud-init.log"); err == nil {
+			_ = os.WriteFile(filepath.Join(m.Dir(), "cloud-init.log"), []byte(out), 0o644)
+		}
+	})
+	// The seed's network-config is rendered for systemd-networkd: say so
+	// plainly when the image does not run it.
+	if st, _, _ := m.Exec(ctx, "systemctl is-active systemd-networkd.service"); strings.TrimSpace(st) != "active" {
+		t.Errorf("systemd-networkd.service is %q in the image: cloud-init wrote /etc/systemd/network/*.network but nothing applies it (enable systemd-networkd.service in the profile)", strings.TrimSpace(st))
 	}
 	if got := sh("hostname"); got != "seed-b" {
 		t.Errorf("hostname %q, want seed-b", got)

@@ -32,7 +32,7 @@ build: ## build the builder and agent binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/edgepair-agent ./agent/cmd/agent
 
 image: deps build ## build the default image (raw + qcow2) under dist/
-	$(BIN)/builder build --profile $(PROFILE) --output $(DIST)
+	$(BIN)/builder build --profile $(PROFILE) --output $(DIST) --agent $(BIN)/edgepair-agent
 
 vet:
 	$(GO) vet ./...

@@ -180,7 +180,11 @@ func bootImage(t *testing.T, ctx context.Context, root string) string {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, builder, "build", "--profile", "profiles/debian-12.yaml", "--output", out, "--formats", "raw,qcow2")
+	args := []string{"build", "--profile", "profiles/debian-12.yaml", "--output", out, "--formats", "raw,qcow2"}
+	if agent := filepath.Join(root, "bin", "edgepair-agent"); fileExists(agent) {
+		args = append(args, "--agent", agent) // make build made it; else the builder runs go build
+	}
+	cmd := exec.CommandContext(ctx, builder, args...)
 	cmd.Dir = root
 	logPath := filepath.Join(out, "build.log")
 	logf, err := os.Create(logPath)
@@ -317,4 +321,9 @@ func bootEnvDuration(k string, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

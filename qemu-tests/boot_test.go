@@ -181,7 +181,7 @@ func bootImage(t *testing.T, ctx context.Context, root string) string {
 		t.Fatal(err)
 	}
 	args := []string{"build", "--profile", "profiles/debian-12.yaml", "--output", out, "--formats", "raw,qcow2"}
-	if agent := filepath.Join(root, "bin", "edgepair-agent"); fileExists(agent) {
+	if agent := filepath.Join(root, "bin", "edgepair-agent"); bootFileExists(agent) {
 		args = append(args, "--agent", agent) // make build made it; else the builder runs go build
 	}
 	cmd := exec.CommandContext(ctx, builder, args...)
@@ -323,7 +323,7 @@ func bootEnvDuration(k string, def time.Duration) time.Duration {
 	return def
 }
 
-func fileExists(p string) bool {
+func bootFileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }

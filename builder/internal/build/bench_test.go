@@ -120,13 +120,17 @@ func BenchmarkWarmBuild(b *testing.B) {
 
 // BenchmarkRootFS compares the read-only root candidates on the real tree:
 // mksquashfs (zstd, default level and level 3), mkfs.erofs (lz4hc) and
-// go-diskfs's squashfs writer (limited to 15 minutes).
+// go-diskfs's squashfs writer (limited to 15 minutes). EDGEPAIR_BENCH_TREE=dir
+// measures another tree instead of the cached debian-12 base + layer.
 func BenchmarkRootFS(b *testing.B) {
 	if os.Getenv("EDGEPAIR_BENCH_ROOTFS") == "" {
 		b.Skip("set EDGEPAIR_BENCH_ROOTFS=1 (tens of minutes; needs root and a cached base)")
 	}
-	pl, base := benchPlan(b)
-	tree := mergedTree(b, pl, base)
+	var tree string
+	if tree = os.Getenv("EDGEPAIR_BENCH_TREE"); tree == "" {
+		pl, base := benchPlan(b)
+		tree = mergedTree(b, pl, base)
+	}
 	report := func(b *testing.B, out string, d time.Duration) {
 		a, err := output.Describe(out, "")
 		if err != nil {

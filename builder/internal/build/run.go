@@ -82,6 +82,11 @@ func Run(ctx context.Context, p *Plan) (*Result, error) {
 		}
 		rep.Done("base", "")
 	} else {
+		unlock, err := cache.Lock(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 		var ok bool
 		if !o.RebuildBase {
 			img, ok, err = cache.Lookup(p.BaseKey)
@@ -213,11 +218,11 @@ func runMmdebstrap(ctx context.Context, p *Plan, cache *rootfs.Cache, work strin
 	if err := os.WriteFile(cs, []byte(p.Spec.CustomizeScript), 0o755); err != nil {
 		return nil, err
 	}
-	tarPath := filepath.Join(cache.Dir, "tmp", "base-"+p.BaseKey[:16]+".tar")
+	tarPath := filepath.Join(work, "base.tar")
 	args := p.Spec.MmdebstrapArgs(tarPath, cs)
 	cmd := exec.CommandContext(ctx, "mmdebstrap", args...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", p.O.Epoch))
-	logPath := filepath.Join(cache.Dir, "tmp", "mmdebstrap-"+p.BaseKey[:16]+".log")
+	logPath := filepath.Join(cache.Dir, "mmdebstrap-"+p.BaseKey[:16]+".log")
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err

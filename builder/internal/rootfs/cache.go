@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -214,3 +216,32 @@ func (c *Cache) Unpack(ctx context.Context, img v1.Image) (string, error) {
 // ErrNotCached is returned when a build must not run mmdebstrap but the base
 // is missing.
 var ErrNotCached = errors.New("base not in cache")
+
+// Lock takes an exclusive lock on the cache (flock on Dir/lock), so two
+// builds sharing a cache do not both run mmdebstrap for the same key: the
+// second waits, then finds the base cached. The returned func releases it.
+func (c *Cache) Lock(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(c.Dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock cache %s: %w", c.Dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

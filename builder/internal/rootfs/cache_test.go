@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -188,4 +189,23 @@ func TestTreeDigest(t *testing.T) {
 	if _, err := TreeDigest(filepath.Join(d, "missing")); err == nil {
 		t.Error("missing overlay accepted")
 	}
+}
+
+func TestLockSerialises(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	unlock, err := c.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if _, err := c.Lock(ctx); err == nil {
+		t.Fatal("second lock taken while the first is held")
+	}
+	unlock()
+	u2, err := c.Lock(context.Background())
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	u2()
 }

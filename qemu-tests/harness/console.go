@@ -16,28 +16,33 @@ type Finding struct {
 	Kind string // short name of the check, e.g. "kernel panic"
 	Line int    // 1-based line number
 	Text string // the line, trimmed, without terminal escapes
+	// Warning marks signs of a starved host rather than of a broken guest (soft
+	// lockups: common under TCG on an overloaded machine); tests log them.
+	Warning bool
 }
 
 func (f Finding) String() string { return fmt.Sprintf("line %d: %s: %s", f.Line, f.Kind, f.Text) }
 
 type badness struct {
-	kind string
-	re   *regexp.Regexp
+	kind    string
+	re      *regexp.Regexp
+	warning bool
 }
 
 // The checks kola's CheckConsole makes (mantle/kola/harness.go), plus failed units.
 var badnesses = []badness{
-	{"kernel panic", regexp.MustCompile(`Kernel panic - not syncing`)},
-	{"kernel oops", regexp.MustCompile(`\bOops(: | - )`)},
-	{"kernel BUG", regexp.MustCompile(`\bBUG: `)},
-	{"hung task", regexp.MustCompile(`blocked for more than \d+ seconds`)},
-	{"failed unit", regexp.MustCompile(`Failed to start `)},
-	{"failed dependency", regexp.MustCompile(`Dependency failed for `)},
-	{"emergency mode", regexp.MustCompile(`(?i)(you are in emergency mode|entering emergency mode|Reached target .*Emergency Mode)`)},
-	{"go panic", regexp.MustCompile(`(^|[\s\]:])panic: `)},
-	{"go panic", regexp.MustCompile(`^goroutine \d+ \[running\]:`)},
-	{"oom killer", regexp.MustCompile(`(invoked oom-killer|Out of memory: Kill)`)},
-	{"ordering cycle", regexp.MustCompile(`(Ordering cycle found|Found ordering cycle)`)},
+	{"kernel panic", regexp.MustCompile(`Kernel panic - not syncing`), false},
+	{"soft lockup", regexp.MustCompile(`BUG: soft lockup - CPU#\d+ stuck`), true},
+	{"kernel oops", regexp.MustCompile(`\bOops(: | - )`), false},
+	{"kernel BUG", regexp.MustCompile(`\bBUG: `), false},
+	{"hung task", regexp.MustCompile(`blocked for more than \d+ seconds`), false},
+	{"failed unit", regexp.MustCompile(`Failed to start `), false},
+	{"failed dependency", regexp.MustCompile(`Dependency failed for `), false},
+	{"emergency mode", regexp.MustCompile(`(?i)(you are in emergency mode|entering emergency mode|Reached target .*Emergency Mode)`), false},
+	{"go panic", regexp.MustCompile(`(^|[\s\]:])panic: `), false},
+	{"go panic", regexp.MustCompile(`^goroutine \d+ \[running\]:`), false},
+	{"oom killer", regexp.MustCompile(`(invoked oom-killer|Out of memory: Kill)`), false},
+	{"ordering cycle", regexp.MustCompile(`(Ordering cycle found|Found ordering cycle)`), false},
 }
 
 var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\r`)
@@ -54,7 +59,7 @@ func ScanConsole(text string) []Finding {
 		}
 		for _, b := range badnesses {
 			if b.re.MatchString(clean) {
-				out = append(out, Finding{Kind: b.kind, Line: i + 1, Text: clean})
+				out = append(out, Finding{Kind: b.kind, Line: i + 1, Text: clean, Warning: b.warning})
 				break
 			}
 		}

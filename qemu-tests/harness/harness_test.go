@@ -177,6 +177,7 @@ func TestScanConsole(t *testing.T) {
 		"[  99.1] postgres invoked oom-killer: gfp_mask=0x140cca",
 		"systemd[1]: basic.target: Found ordering cycle on sysinit.target/start",
 		"[ 120.0] INFO: task kworker/0:1:12 blocked for more than 120 seconds.",
+		"[   92.799074] watchdog: BUG: soft lockup - CPU#1 stuck for 25s! [init:86]",
 		"everything is fine, no panic here",
 	}, "\n")
 	got := ScanConsole(text)
@@ -185,9 +186,14 @@ func TestScanConsole(t *testing.T) {
 		kinds = append(kinds, f.Kind)
 	}
 	want := []string{"kernel panic", "kernel oops", "kernel BUG", "failed unit", "failed dependency", "emergency mode",
-		"go panic", "go panic", "oom killer", "ordering cycle", "hung task"}
+		"go panic", "go panic", "oom killer", "ordering cycle", "hung task", "soft lockup"}
 	if strings.Join(kinds, ",") != strings.Join(want, ",") {
 		t.Fatalf("kinds:\n got %q\nwant %q\n%v", kinds, want, got)
+	}
+	for i, f := range got {
+		if f.Warning != (i == len(got)-1) {
+			t.Errorf("%s: warning=%v (only soft lockups are warnings)", f.Kind, f.Warning)
+		}
 	}
 	if got[0].Line != 4 || strings.Contains(got[3].Text, "\x1b") {
 		t.Fatalf("line numbers or escapes wrong: %+v", got[:4])

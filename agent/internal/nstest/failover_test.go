@@ -44,6 +44,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// Scenario tests run in parallel (go test's default -parallel is GOMAXPROCS):
+// they mostly wait on timeouts, and every test owns its namespaces, so
+// identical addresses in two tests never meet. TestFailoverTimes, which
+// measures, runs alone: `-run TestFailoverTimes`.
+
 // startHealthy boots a fresh pair and waits for node-a primary with node-b
 // as its synchronous standby.
 func startHealthy(t *testing.T) *Pair {
@@ -97,12 +102,14 @@ func failover(t *testing.T, p *Pair, inject func() error) result {
 }
 
 func TestFailoverPostgresStopped(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	r := failover(t, p, func() error { return p.StopPostgres(0) })
 	logResult(t, "pg-stopped", r)
 }
 
 func TestFailoverPostgresKilled(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	r := failover(t, p, func() error { return p.KillPostgres(0) })
 	logResult(t, "pg-killed", r)
@@ -121,6 +128,7 @@ func eventsOf(s ha.Status, sub string) []ha.Event {
 }
 
 func TestPrimaryAgentKilled(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -145,6 +153,7 @@ func TestPrimaryAgentKilled(t *testing.T) {
 }
 
 func TestPrimaryNodeGoneAndBack(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(1500 * time.Millisecond)
@@ -173,6 +182,7 @@ func TestPrimaryNodeGoneAndBack(t *testing.T) {
 }
 
 func TestPartitionWithWitness(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -209,6 +219,7 @@ func TestPartitionWithWitness(t *testing.T) {
 }
 
 func TestPrimaryIsolated(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -247,6 +258,7 @@ func TestPrimaryIsolated(t *testing.T) {
 }
 
 func TestSwitchover(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -273,6 +285,7 @@ func TestSwitchover(t *testing.T) {
 }
 
 func TestBothRestarted(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(1500 * time.Millisecond)
@@ -375,6 +388,7 @@ func TestFailoverTimes(t *testing.T) {
 }
 
 func TestStandbyIsolated(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -411,6 +425,7 @@ func TestStandbyIsolated(t *testing.T) {
 // the agent must remove the VIP itself (netlink) for node-b to take over, and
 // start keepalived again.
 func TestKeepalivedKilledThenFailover(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	pids := p.keepalivedPIDs(0)
 	if len(pids) == 0 {
@@ -446,6 +461,7 @@ func TestKeepalivedKilledThenFailover(t *testing.T) {
 // healthy pair keeps PostgreSQL running (same postmasters), the roles and
 // the term; the status command shows the pair.
 func TestAgentsRestartChangeNothing(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	before := [2]int{p.PostmasterPID(0), p.PostmasterPID(1)}
 	a0, _ := p.Status(0)
@@ -477,6 +493,7 @@ func TestAgentsRestartChangeNothing(t *testing.T) {
 // down, so pg_rewind cannot work; the agent must move the data directory
 // aside (kept) and clone afresh, with no operator step.
 func TestRejoinFallsBackToClone(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
@@ -512,6 +529,7 @@ func TestRejoinFallsBackToClone(t *testing.T) {
 // comes back. It waits (it cannot know the peer did not promote) until the
 // operator runs force-primary; the peer, back later, rejoins as standby.
 func TestForcePrimaryAfterPeerLost(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)

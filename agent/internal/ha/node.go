@@ -461,6 +461,17 @@ func (n *Node) tickStarting(ctx context.Context, now time.Time, fresh bool) {
 		n.initialize(ctx, now)
 		return
 	}
+	// The agent restarted while PostgreSQL kept running as primary: adopt it
+	// (it was serving all along; nothing changes by keeping it). A peer in a
+	// higher term makes it rejoin on the next tick like any primary.
+	if n.st.LastRole == lastRolePrimary && !(peerPrimary && n.peer.Term > n.st.Term) {
+		if s := n.unlockedStatus(ctx); s.Up && !s.InRecovery {
+			n.pg = s
+			n.event(now, "adopting the running primary (agent restart)", "term", n.st.Term)
+			n.becomePrimary(n.d.Clock.Now())
+			return
+		}
+	}
 	if !fresh {
 		if !listening {
 			n.logEvery(now, "wait-peer", 5*time.Second, "waiting for the peer before starting PostgreSQL (an old primary never starts read-write unconfirmed)", "last_role", n.st.LastRole, "term", n.st.Term)

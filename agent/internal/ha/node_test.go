@@ -420,3 +420,20 @@ func TestForcePrimary(t *testing.T) {
 		t.Fatal("force-primary accepted while the peer is reachable")
 	}
 }
+
+func TestRestartedPrimaryAgentAdoptsRunningPrimary(t *testing.T) {
+	c := newClock()
+	r := newRig(t, "a", "b", c, store.State{Term: 2, LastRole: "primary"})
+	r.db.hasData, r.db.up = true, true
+	r.vip.held = true
+	r.n.Tick(context.Background())
+	if r.n.role != heartbeat.RolePrimary || r.vip.released != 0 || !r.vip.held || len(r.db.calls) != 0 {
+		t.Fatalf("role=%s vip=%+v calls=%v", r.n.role, r.vip, r.db.calls)
+	}
+	// a peer that promoted meanwhile still wins
+	r.n.OnHeartbeat(&heartbeat.Message{Node: "b", BootID: "x", Seq: 1, Term: 3, Role: heartbeat.RolePrimary, Serving: true})
+	r.n.Tick(context.Background())
+	if !r.db.has("rewind") || r.n.role != heartbeat.RoleStandby {
+		t.Fatalf("role=%s calls=%v", r.n.role, r.db.calls)
+	}
+}

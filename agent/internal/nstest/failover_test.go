@@ -477,6 +477,9 @@ func TestAgentsRestartChangeNothing(t *testing.T) {
 	if a.Term != a0.Term {
 		t.Errorf("term changed %d -> %d", a0.Term, a.Term)
 	}
+	if ev := eventsOf(a, "removing the VIP"); len(ev) > 0 {
+		t.Errorf("the restarted primary agent dropped the VIP: %v", ev)
+	}
 	out, err := Exec(p.Net.Nodes[1], agentBin, "status", "--agent-url", "http://127.0.0.1:7947")
 	if err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func NewPlan(o Options) (*Plan, error) {
 		ImageSize:  size,
 		Cmdline:    strings.Join(cmd, " "),
 		RootImage: rootimg.Options{
-			Type: pr.Disk.RootFilesystem, Compression: pr.Disk.Compression,
+			Type: pr.Disk.RootFilesystem, Compression: pr.Disk.Compression, Level: pr.Disk.CompressionLevel,
 			Epoch: o.Epoch, Processors: o.Processors,
 		},
 	}, nil

@@ -74,6 +74,8 @@ func TestErrorsNameFileFieldAndExpectation(t *testing.T) {
 		{"unaligned size", "disk: {espSize: 100000000}\n", []string{"disk.espSize", "whole number of MiB"}},
 		{"bad fs", "disk: {rootFilesystem: ext4}\n", []string{"disk.rootFilesystem", "squashfs or erofs"}},
 		{"bad compression", "disk: {compression: brotli}\n", []string{"disk.compression", "zstd"}},
+		{"bad level", "disk: {compressionLevel: 30}\n", []string{"disk.compressionLevel", "1 to 22"}},
+		{"level for xz", "disk: {compression: xz, compressionLevel: 3}\n", []string{"disk.compressionLevel", "only applies"}},
 		{"bad unit", "services: {enable: [agent]}\n", []string{"services.enable[0]", "unit name"}},
 		{"root in cmdline", "kernel: {package: linux-image-amd64, cmdline: [root=/dev/sda]}\n", []string{"kernel.cmdline[0]", "set by the builder"}},
 		{"k3s without sha", "k3s: {file: /tmp/k3s}\n", []string{"k3s.sha256", "64 lower-case hex"}},

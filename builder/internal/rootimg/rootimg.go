@@ -17,6 +17,7 @@ import (
 type Options struct {
 	Type        string // squashfs or erofs
 	Compression string // zstd, xz, gzip, lz4
+	Level       int    // zstd or gzip level; 0: the tool's default
 	Epoch       int64  // SOURCE_DATE_EPOCH
 	Processors  int    // 0: all
 }
@@ -28,6 +29,9 @@ func Command(tree, out string, o Options) (string, []string, error) {
 	case "squashfs":
 		args := []string{tree, out, "-noappend", "-comp", o.Compression, "-b", "1M",
 			"-all-time", ep, "-mkfs-time", ep, "-reproducible", "-no-progress", "-quiet"}
+		if o.Level > 0 {
+			args = append(args, "-Xcompression-level", strconv.Itoa(o.Level))
+		}
 		if o.Processors > 0 {
 			args = append(args, "-processors", strconv.Itoa(o.Processors))
 		}

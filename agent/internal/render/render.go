@@ -30,10 +30,12 @@ type Keepalived struct {
 var keepalivedTmpl = template.Must(template.New("k").Parse(`# Managed by edgepair-agent: do not edit, it is rewritten at every start.
 # The VIP follows the PostgreSQL primary: the agent writes 0 into the track
 # file on the primary and 1 everywhere else (FAULT: never MASTER).
+# No vrrp_garp_master_refresh: gratuitous ARP only at the transition to
+# MASTER, so a partitioned old primary never re-claims the VIP at the gateway
+# from the new one (the agent's VIP ownership check depends on it).
 global_defs {
     router_id {{.RouterID}}
     vrrp_version 3
-    vrrp_garp_master_refresh 10
     vrrp_garp_master_repeat 2
     enable_script_security
 }

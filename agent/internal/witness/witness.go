@@ -7,25 +7,36 @@ package witness
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 )
 
-// Pinger implements ha.Witness.
+// Pinger implements ha.Witness (and, with Source set to the VIP,
+// ha.VIPEcho).
+//
+// With Source set, the echo requests leave from that address (the raw socket
+// is bound to it); a probe is sent only while Source is a local address, so a
+// pinger whose Source is the VIP probes only on the node that holds it. The
+// gateway answers to the MAC address its neighbour table holds for the
+// source: echoes from the VIP are answered only while the gateway still
+// believes this node owns the VIP.
 type Pinger struct {
 	Addr     netip.Addr
+	Source   netip.Addr    // zero: the kernel picks the source address
 	Interval time.Duration // between probes
 	Window   time.Duration // OK if a reply arrived within this long
 	Log      *slog.Logger
 
-	mu     sync.Mutex
-	lastOK time.Time
+	mu         sync.Mutex
+	lastOK     time.Time // reply received
+	lastOKSent time.Time // when the last answered probe was sent
+	fails      int       // probes sent since the last answered one
 }
 
 // OK reports whether the witness answered within Window.
@@ -33,6 +44,15 @@ func (p *Pinger) OK() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return time.Since(p.lastOK) < p.Window
+}
+
+// Echo reports when the last answered probe was sent and how many probes
+// have been sent and left unanswered since. The count restarts whenever a
+// probe cannot be sent (Source not local).
+func (p *Pinger) Echo() (lastOKSent time.Time, failsInRow int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastOKSent, p.fails
 }
 
 func checksum(b []byte) uint16 {
@@ -74,33 +94,72 @@ func (p *Pinger) Run(ctx context.Context) error {
 	if !p.Addr.Is4() {
 		return fmt.Errorf("witness %s: only IPv4 is supported", p.Addr)
 	}
-	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
-	if err != nil {
-		return fmt.Errorf("witness: raw ICMP socket: %w", err)
+	if p.Source.IsValid() && !p.Source.Is4() {
+		return fmt.Errorf("witness source %s: only IPv4 is supported", p.Source)
 	}
-	go func() { <-ctx.Done(); c.Close() }()
-	id := uint16(os.Getpid())
+	var rb [2]byte
+	if _, err := rand.Read(rb[:]); err != nil {
+		return fmt.Errorf("witness: echo id: %w", err)
+	}
+	// a random id: several pingers (and other agents' pingers on a shared
+	// segment) see each other's replies on their raw sockets
+	id := binary.BigEndian.Uint16(rb[:])
+	bind := "0.0.0.0"
+	if p.Source.IsValid() {
+		bind = p.Source.String()
+	}
+	var c net.PacketConn
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if c != nil {
+			c.Close()
+		}
+	})
+	defer stop()
 	dst := &net.IPAddr{IP: net.IP(p.Addr.AsSlice())}
 	buf := make([]byte, 1500)
 	var seq uint16
 	for ctx.Err() == nil {
 		seq++
 		sent := time.Now()
-		if _, err := c.WriteTo(EchoRequest(id, seq, []byte("edgepair")), dst); err != nil {
-			p.Log.Debug("witness probe send failed", "err", err)
-		}
 		deadline := sent.Add(p.Interval)
-		_ = c.SetReadDeadline(deadline)
-		for {
-			n, from, err := c.ReadFrom(buf)
-			if err != nil {
-				break // deadline: next probe
+		if c == nil {
+			nc, err := net.ListenPacket("ip4:icmp", bind)
+			if err != nil && !p.Source.IsValid() {
+				return fmt.Errorf("witness: raw ICMP socket: %w", err)
 			}
-			rid, rseq, ok := parseReply(buf[:n])
-			fa, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
-			if ok && rid == id && rseq == seq && fa.Unmap() == p.Addr {
+			if err != nil {
+				// Source is not (yet, any more) a local address
+				p.resetFails()
+			} else {
 				p.mu.Lock()
-				p.lastOK = time.Now()
+				c = nc
+				p.mu.Unlock()
+			}
+		}
+		if c != nil {
+			if _, err := c.WriteTo(EchoRequest(id, seq, []byte("edgepair")), dst); err != nil {
+				p.Log.Debug("witness probe send failed", "err", err, "source", bind)
+				if p.Source.IsValid() {
+					p.resetFails()
+					p.mu.Lock()
+					c.Close()
+					c = nil
+					p.mu.Unlock()
+				}
+			} else if p.await(c, buf, id, seq, deadline) {
+				p.mu.Lock()
+				p.lastOK, p.lastOKSent, p.fails = time.Now(), sent, 0
+				p.mu.Unlock()
+			} else {
+				p.mu.Lock()
+				p.fails++
 				p.mu.Unlock()
 			}
 		}
@@ -112,6 +171,29 @@ func (p *Pinger) Run(ctx context.Context) error {
 		}
 	}
 	return ctx.Err()
+}
+
+func (p *Pinger) resetFails() {
+	p.mu.Lock()
+	p.fails = 0
+	p.mu.Unlock()
+}
+
+// await reads replies until deadline and reports whether the reply to
+// (id, seq) from the witness arrived.
+func (p *Pinger) await(c net.PacketConn, buf []byte, id, seq uint16, deadline time.Time) bool {
+	_ = c.SetReadDeadline(deadline)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return false // deadline (or closed)
+		}
+		rid, rseq, ok := parseReply(buf[:n])
+		fa, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+		if ok && rid == id && rseq == seq && fa.Unmap() == p.Addr {
+			return true
+		}
+	}
 }
 
 // TCPProbe implements ha.Probe: PostgreSQL answers through the VIP when a

@@ -28,6 +28,7 @@ type Deps struct {
 	DB      Database
 	VIP     VIP
 	Witness Witness
+	VIPEcho VIPEcho // may be nil: no VIP ownership check (as if the gateway never answered)
 	Probe   Probe
 	K3s     K3s // may be nil (no k3s on this node)
 	Store   Store
@@ -37,6 +38,30 @@ type Deps struct {
 const (
 	lastRolePrimary = "primary"
 	lastRoleStandby = "standby"
+)
+
+// VIP ownership check (see README "The trade-off").
+const (
+	// VIPTakeover is the allowance for the standby's promotion, keepalived's
+	// transition to MASTER and its gratuitous ARP after the standby's
+	// promotion window closes: an echo from the VIP answered when sent later
+	// than that proves the standby did not take the VIP over.
+	VIPTakeover = 2 * time.Second
+	// VIPLostAfter unanswered VIP-sourced echoes in a row (about 250 ms
+	// apart) while the node-sourced ones are answered and the peer is silent
+	// mean another node claims the VIP at the gateway: fence.
+	VIPLostAfter = 3
+	// vipCalibrateWarn: a primary whose VIP-sourced echoes were never answered
+	// this long after taking the role warns that the check is unavailable.
+	vipCalibrateWarn = 5 * time.Second
+)
+
+// Values of Status.VIPCheck.
+const (
+	VIPCheckOK          = "ok"          // the gateway answers echoes from the VIP: the check is armed
+	VIPCheckUnavailable = "unavailable" // it never did (or no prober): degrade by time alone
+	VIPCheckPending     = "pending"     // primary, not answered yet
+	VIPCheckIdle        = "idle"        // not primary
 )
 
 // Node is one agent's view and decisions. Tick drives it; OnHeartbeat feeds
@@ -67,6 +92,11 @@ type Node struct {
 	syncStandby   string
 	standbyOK     bool
 	lastStandbyOK time.Time
+
+	// VIP ownership check: vipCalibrated once an echo from the VIP was
+	// answered in this primary role
+	vipCalibrated bool
+	vipWarned     bool
 
 	// standby: may promote automatically until this time
 	eligibleUntil  time.Time
@@ -284,6 +314,7 @@ type Status struct {
 	StandbyOK     bool               `json:"standbyOk"`
 	VIPHeld       bool               `json:"vipHeld"`
 	WitnessOK     bool               `json:"witnessOk"`
+	VIPCheck      string             `json:"vip_check"`
 	EligibleUntil time.Time          `json:"eligibleUntil,omitzero"`
 	K3sEpoch      uint64             `json:"k3sEpoch"`
 	LastFailover  time.Time          `json:"lastFailover,omitzero"`
@@ -299,7 +330,7 @@ func (n *Node) Status() Status {
 	s := Status{
 		Node: n.cfg.Self, Role: n.role, RoleSince: n.roleSince, Term: n.st.Term, LastRole: n.st.LastRole, PG: n.pg,
 		SyncOn: n.syncOn, SyncStandby: n.syncStandby, StandbyOK: n.standbyOK, VIPHeld: n.vipHeld,
-		WitnessOK: n.d.Witness.OK(), EligibleUntil: n.eligibleUntil, K3sEpoch: n.st.K3sEpoch,
+		WitnessOK: n.d.Witness.OK(), VIPCheck: n.vipCheck(), EligibleUntil: n.eligibleUntil, K3sEpoch: n.st.K3sEpoch,
 		LastFailover: n.st.LastFailover, Events: append([]Event(nil), n.events...), PeerAgeMs: -1,
 	}
 	if n.peer != nil {
@@ -308,6 +339,25 @@ func (n *Node) Status() Status {
 		s.PeerAgeMs = n.d.Clock.Now().Sub(n.peerAt).Milliseconds()
 	}
 	return s
+}
+
+func (n *Node) vipCheck() string {
+	switch {
+	case n.role != heartbeat.RolePrimary:
+		return VIPCheckIdle
+	case n.vipCalibrated:
+		return VIPCheckOK
+	case n.vipWarned || n.d.VIPEcho == nil:
+		return VIPCheckUnavailable
+	}
+	return VIPCheckPending
+}
+
+func (n *Node) vipEcho() (time.Time, int) {
+	if n.d.VIPEcho == nil {
+		return time.Time{}, 0
+	}
+	return n.d.VIPEcho.Echo()
 }
 
 func (n *Node) event(now time.Time, msg string, args ...any) {
@@ -531,6 +581,7 @@ func (n *Node) startPrimary(ctx context.Context, now time.Time, why string) {
 
 func (n *Node) becomePrimary(now time.Time) {
 	n.lastStandbyOK = now
+	n.vipCalibrated, n.vipWarned = false, false
 	n.pgDownSince = time.Time{}
 	n.eligibleUntil = time.Time{}
 	n.setRole(now, heartbeat.RolePrimary)
@@ -628,12 +679,30 @@ func (n *Node) tickPrimary(ctx context.Context, now time.Time, fresh bool) {
 	if rep != nil && rep.SyncState == "sync" {
 		n.syncStandby = rep.Name
 	}
+	// VIP ownership through the gateway. Calibrate: echoes from the VIP are
+	// answered at all (sent after this node became primary).
+	vipOKSent, vipFails := n.vipEcho()
+	if !n.vipCalibrated && vipOKSent.After(n.roleSince) {
+		n.vipCalibrated = true
+		n.event(now, "VIP ownership check armed: the gateway answers echoes sent from the VIP")
+	}
+	if !n.vipCalibrated && !n.vipWarned && now.Sub(n.roleSince) >= vipCalibrateWarn && n.vipHeld {
+		n.vipWarned = true
+		n.event(now, "WARNING: the gateway does not answer echoes sent from the VIP: the VIP ownership check is unavailable and a partition between the nodes can leave two writers (see README)")
+	}
+	// Another node claims the VIP: the peer is silent, the witness answers
+	// this node's own address but no longer the VIP. The standby promoted.
+	if !fresh && n.vipCalibrated && n.vipHeld && vipFails >= VIPLostAfter && n.d.Witness.OK() {
+		n.fence(ctx, now, "the gateway no longer answers the VIP here (another node took it over)")
+		return
+	}
+
 	want := n.syncOn
 	if n.standbyOK && !n.syncOn {
 		want = true
 	}
 	if n.syncOn && !n.standbyOK && now.Sub(n.lastStandbyOK) >= n.cfg.Timeouts.DegradeAfter {
-		want = false
+		want = n.vipCalibrated && !n.standbyDidNotTakeOver(now, vipOKSent)
 	}
 	if want != n.syncOn {
 		name := ""
@@ -664,7 +733,7 @@ func (n *Node) tickPrimary(ctx context.Context, now time.Time, fresh bool) {
 	// Self-fence: no peer and no witness means this node may be the isolated
 	// one; the standby may promote after PromoteAfter, so stop before that.
 	if !fresh && n.peerSilentFor(now) >= n.cfg.Timeouts.FenceAfter && !n.d.Witness.OK() {
-		n.fence(ctx, now)
+		n.fence(ctx, now, "no peer and no witness")
 		return
 	}
 
@@ -715,8 +784,28 @@ func (n *Node) primaryDown(ctx context.Context, now time.Time, fresh bool) {
 	}
 }
 
-func (n *Node) fence(ctx context.Context, now time.Time) {
-	n.event(now, "fencing: no peer and no witness; dropping the VIP and stopping PostgreSQL", "peer_silent_for", n.peerSilentFor(now).String())
+// standbyDidNotTakeOver: evidence, for a primary that lost its synchronous
+// standby, that the standby did not promote. Its promotion window closed at
+// lastStandbyOK + DegradeAfter - PromoteMargin at the latest. Evidence is a
+// heartbeat received after that from a peer that is not primary in a later
+// term, or an echo from the VIP answered by the gateway although sent more
+// than VIPTakeover after it (a promoted standby's gratuitous ARP would have
+// moved the gateway's entry for the VIP by then).
+func (n *Node) standbyDidNotTakeOver(now time.Time, vipOKSent time.Time) bool {
+	windowClosed := n.lastStandbyOK.Add(n.cfg.Timeouts.DegradeAfter - n.cfg.Timeouts.PromoteMargin())
+	if n.peer != nil && n.peerAt.After(windowClosed) && n.peer.Term <= n.st.Term && n.peer.Role != heartbeat.RolePrimary {
+		return true
+	}
+	if vipOKSent.After(windowClosed.Add(VIPTakeover)) {
+		return true
+	}
+	n.logEvery(now, "degrade-wait", 2*time.Second, "standby lost but no evidence yet that it did not take over the VIP: commits keep waiting (synchronous)",
+		"standby_lost_for", now.Sub(n.lastStandbyOK).String())
+	return false
+}
+
+func (n *Node) fence(ctx context.Context, now time.Time, why string) {
+	n.event(now, "fencing: dropping the VIP and stopping PostgreSQL", "why", why, "peer_silent_for", n.peerSilentFor(now).String())
 	n.setRole(now, heartbeat.RoleFenced)
 	n.enforceVIP(now)
 	if err := n.unlocked(func() error { return n.d.DB.Kill(ctx) }); err != nil {

@@ -2,6 +2,7 @@ package ha
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,36 +158,138 @@ func TestPartitionWithWitnessNoTwoWriters(t *testing.T) {
 	}
 }
 
-// TestDegradeOrderedAfterPromotionWindow documents the limit of a gateway
-// witness: if the standby reaches the witness but neither the peer nor the
-// VIP, it cannot tell a partition from a dead primary and promotes. The
-// ordering FenceAfter < PromoteAfter < DegradeAfter still guarantees that the
-// promotion happens while the old primary is synchronous, i.e. before it can
-// acknowledge a write the new primary lacks.
-func TestDegradeOrderedAfterPromotionWindow(t *testing.T) {
+// TestRealPartitionOldPrimaryFences: the nodes cannot exchange any frame
+// (the VIP is unreachable from the standby too), both reach the gateway. The
+// standby cannot tell this from a dead primary and promotes inside its
+// window; its gratuitous ARP moves the gateway's VIP entry, the old primary's
+// echoes from the VIP go unanswered while its own are answered, and it fences
+// without ever dropping to asynchronous replication: never two writers.
+func TestRealPartitionOldPrimaryFences(t *testing.T) {
+	for _, garp := range []time.Duration{0, 1500 * time.Millisecond} {
+		t.Run("garp after "+garp.String(), func(t *testing.T) {
+			p := newPair(t)
+			p.garpDelay = garp
+			p.boot()
+			if s := p.a.n.Status(); s.VIPCheck != VIPCheckOK {
+				t.Fatalf("healthy primary: vip_check %q, want %q", s.VIPCheck, VIPCheckOK)
+			}
+			syncCalls := len(p.a.db.calls)
+			p.cutAB, p.cutBA = true, true
+			lastOK := p.a.n.lastStandbyOK
+			var promoted, fenced time.Time
+			for i := 0; i < 75; i++ { // 15 s; step() checks the invariant
+				p.step()
+				if promoted.IsZero() && p.b.n.role == heartbeat.RolePrimary {
+					promoted = p.clock.Now()
+				}
+				if fenced.IsZero() && p.a.n.role == heartbeat.RoleFenced {
+					fenced = p.clock.Now()
+				}
+			}
+			if promoted.IsZero() || fenced.IsZero() {
+				t.Fatalf("promoted=%v fenced=%v (a=%s b=%s)", promoted, fenced, p.a.n.role, p.b.n.role)
+			}
+			for _, c := range p.a.db.calls[syncCalls:] {
+				if c == "sync=" {
+					t.Fatalf("old primary degraded to async during the partition: %v", p.a.db.calls[syncCalls:])
+				}
+			}
+			if !promoted.Before(lastOK.Add(timeouts.DegradeAfter - timeouts.PeerDead)) {
+				t.Fatalf("promoted at +%s, after the window closed", promoted.Sub(lastOK))
+			}
+			if p.a.db.up || p.a.vip.held || !p.a.db.has("kill") {
+				t.Fatalf("fenced old primary: db up %v, VIP %v, calls %v", p.a.db.up, p.a.vip.held, p.a.db.calls)
+			}
+			t.Logf("promoted +%s, old primary fenced +%s after its last synchronous standby", promoted.Sub(lastOK), fenced.Sub(lastOK))
+			// heal: the old primary rejoins as the synchronous standby
+			p.cutAB, p.cutBA = false, false
+			p.run(6 * time.Second)
+			if ra, rb := p.roles(); ra != heartbeat.RoleStandby || rb != heartbeat.RolePrimary || p.b.db.syncNames != "a" || !p.a.db.has("rewind") {
+				t.Fatalf("after heal a=%s b=%s sync=%q calls=%v", ra, rb, p.b.db.syncNames, p.a.db.calls)
+			}
+		})
+	}
+}
+
+// TestStandbyDeadPrimaryDegradesOnEvidence: the standby is gone (no
+// gratuitous ARP ever comes), the gateway keeps answering the primary's
+// echoes from the VIP: that is the evidence that the standby did not take
+// over, and the primary drops to async once an echo sent after the window
+// plus VIPTakeover was answered, and keeps serving.
+func TestStandbyDeadPrimaryDegradesOnEvidence(t *testing.T) {
 	p := newPair(t)
 	p.boot()
 	p.cutAB, p.cutBA = true, true
-	p.b.probe.fn = func() bool { return false }
-	var promoted, degraded time.Time
-	for i := 0; i < 100; i++ {
-		p.clock.Add(timeouts.Heartbeat)
-		p.syncReplication()
-		p.a.n.Tick(context.Background())
-		p.b.n.Tick(context.Background())
-		if promoted.IsZero() && p.b.n.role == heartbeat.RolePrimary {
-			promoted = p.clock.Now()
-		}
-		if degraded.IsZero() && p.a.db.syncNames == "" {
+	p.b.wit.ok = false // b is cut off from everything: it never promotes
+	lastOK := p.a.n.lastStandbyOK
+	var degraded time.Time
+	for i := 0; i < 60 && degraded.IsZero(); i++ {
+		p.step()
+		if p.a.db.syncNames == "" {
 			degraded = p.clock.Now()
 		}
 	}
-	if promoted.IsZero() || degraded.IsZero() || !promoted.Before(degraded) {
-		t.Fatalf("promoted=%v degraded=%v", promoted, degraded)
+	earliest := lastOK.Add(timeouts.DegradeAfter - timeouts.PeerDead + VIPTakeover)
+	if degraded.IsZero() || !degraded.After(earliest) || degraded.After(earliest.Add(time.Second)) {
+		t.Fatalf("degraded at %v, want just after %v", degraded, earliest)
 	}
-	if degraded.Sub(promoted) < timeouts.PeerDead {
-		t.Fatalf("margin between promotion and degrade only %s", degraded.Sub(promoted))
+	p.run(5 * time.Second)
+	if p.a.n.role != heartbeat.RolePrimary || !acks(p.a) || p.b.db.has("promote") {
+		t.Fatalf("a=%s acks=%v b promoted=%v", p.a.n.role, acks(p.a), p.b.db.has("promote"))
 	}
+}
+
+// TestVIPCheckUnavailable: a gateway that never answers echoes from the VIP
+// leaves the check unarmed: a warning, vip_check "unavailable" in /status,
+// and the time-only degrade (at DegradeAfter) of earlier releases; no fence
+// because of unanswered VIP echoes.
+func TestVIPCheckUnavailable(t *testing.T) {
+	p := newPair(t)
+	p.gwNoVIPEcho = true
+	p.boot()
+	p.run(vipCalibrateWarn)
+	s := p.a.n.Status()
+	if s.VIPCheck != VIPCheckUnavailable || len(eventsWith(s, "WARNING: the gateway does not answer")) == 0 {
+		t.Fatalf("vip_check %q events %v", s.VIPCheck, s.Events)
+	}
+	p.cutAB, p.cutBA = true, true
+	p.b.wit.ok = false
+	lastOK := p.a.n.lastStandbyOK
+	var degraded time.Time
+	for i := 0; i < 60 && degraded.IsZero(); i++ {
+		p.step()
+		if p.a.db.syncNames == "" {
+			degraded = p.clock.Now()
+		}
+	}
+	if d := degraded.Sub(lastOK); degraded.IsZero() || d < timeouts.DegradeAfter || d > timeouts.DegradeAfter+timeouts.Heartbeat {
+		t.Fatalf("degraded %s after the standby was lost, want DegradeAfter", d)
+	}
+	if p.a.n.role != heartbeat.RolePrimary {
+		t.Fatalf("a=%s", p.a.n.role)
+	}
+}
+
+// TestVIPEchoLossWithPeerHeardDoesNotFence: echoes from the VIP failing while
+// the peer is heard is a gateway problem, not a takeover.
+func TestVIPEchoLossWithPeerHeardDoesNotFence(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.gwNoVIPEcho = true
+	p.run(5 * time.Second)
+	if ra, rb := p.roles(); ra != heartbeat.RolePrimary || rb != heartbeat.RoleStandby || p.a.db.syncNames != "b" {
+		t.Fatalf("a=%s b=%s sync=%q", ra, rb, p.a.db.syncNames)
+	}
+}
+
+func eventsWith(s Status, sub string) []Event {
+	var out []Event
+	for _, e := range s.Events {
+		if strings.Contains(e.What, sub) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func TestAsymmetricCutRevokesEligibility(t *testing.T) {

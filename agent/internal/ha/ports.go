@@ -82,6 +82,18 @@ type VIP interface {
 // Witness reports whether this node currently reaches its witness (gateway).
 type Witness interface{ OK() bool }
 
+// VIPEcho reports on ICMP echoes sent to the witness (gateway) from the VIP
+// as source. The gateway answers them to the MAC address its neighbour table
+// holds for the VIP, so they are answered only while the gateway believes
+// this node owns the VIP: when the other node takes the VIP over (gratuitous
+// ARP), this node's VIP-sourced echoes go unanswered while its node-sourced
+// ones (Witness) still are.
+type VIPEcho interface {
+	// Echo returns when the last answered echo was sent and how many echoes
+	// were sent and left unanswered since (0 while the VIP is not local).
+	Echo() (lastOKSent time.Time, failsInRow int)
+}
+
 // Probe tells whether PostgreSQL answers through the VIP from this node.
 type Probe interface {
 	VIPAnswers(ctx context.Context) bool

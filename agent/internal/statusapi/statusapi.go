@@ -203,6 +203,9 @@ func PrintTable(w io.Writer, s ha.Status) error {
 		fmt.Fprintln(tw, "(peer)\tnever heard\t\t\t\t\t\t\t\t\t")
 	}
 	fmt.Fprintf(tw, "\nwitness reachable: %s\n", yesNo(s.WitnessOK))
+	if s.VIPCheck != "" && s.VIPCheck != ha.VIPCheckIdle {
+		fmt.Fprintf(tw, "VIP ownership check (echoes from the VIP): %s\n", s.VIPCheck)
+	}
 	return tw.Flush()
 }
 

@@ -132,19 +132,34 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		K3sNets: k3sNets, ReplPass: p.Cfg.Secrets.ReplicationPassword, K3sPass: k3sPass,
 	}, pgSvc, log.With("component", "postgres"))
 
-	wit := &witness.Pinger{Addr: p.WitnessAddr(), Interval: 250 * time.Millisecond, Window: p.Timeouts.PeerDead, Log: log}
-	go func() {
-		if err := wit.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("witness prober stopped: the witness counts as unreachable", "err", err)
-		}
-	}()
+	// ARP from this node names the node address, never the VIP (the VIP
+	// ownership check depends on the gateway's entry for the VIP moving only
+	// on the new primary's gratuitous ARP).
+	if err := netvip.ARPAnnounceNodeAddr("/proc/sys", p.Self.Interface); err != nil {
+		log.Warn("could not set arp_announce=2: an old primary's ARP may re-claim the VIP at the gateway", "interface", p.Self.Interface, "err", err)
+	}
+	// The witness is pinged twice: from the node address (isolation) and from
+	// the VIP (ownership: the gateway answers the VIP only where its
+	// neighbour entry for the VIP points).
+	wit := &witness.Pinger{Addr: p.WitnessAddr(), Source: p.Self.Address.Addr(), Interval: 250 * time.Millisecond, Window: p.Timeouts.PeerDead, Log: log}
+	vipEcho := &witness.Pinger{Addr: p.WitnessAddr(), Source: p.Cfg.VIP.Address.Addr(), Interval: 250 * time.Millisecond, Window: p.Timeouts.PeerDead, Log: log}
+	for _, pr := range []struct {
+		p    *witness.Pinger
+		what string
+	}{{wit, "witness prober stopped: the witness counts as unreachable"}, {vipEcho, "VIP echo prober stopped: the VIP ownership check is unavailable"}} {
+		go func() {
+			if err := pr.p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				log.Error(pr.what, "err", err)
+			}
+		}()
+	}
 
 	var k3s ha.K3s
 	if o.K3s {
 		k3s = k3sSvc
 	}
 	node, err := ha.New(ha.Config{Self: p.Self.Name, Peer: p.Peer.Name, InitialPrimary: p.Cfg.InitialPrimary, Timeouts: p.Timeouts},
-		ha.Deps{Clock: realClock{}, DB: db, VIP: vip, Witness: wit,
+		ha.Deps{Clock: realClock{}, DB: db, VIP: vip, Witness: wit, VIPEcho: vipEcho,
 			Probe: &witness.TCPProbe{Addr: netip.AddrPortFrom(p.Cfg.VIP.Address.Addr(), uint16(p.PGPort)), Timeout: 300 * time.Millisecond},
 			K3s:   k3s, Store: store.File{Path: filepath.Join(o.StateDir, "state.json")}, Log: log.With("component", "ha")})
 	if err != nil {

@@ -89,3 +89,21 @@ func (v *VIP) Release() error {
 	}
 	return nil
 }
+
+// ARPAnnounceNodeAddr sets net.ipv4.conf.<iface>.arp_announce to 2: ARP
+// requests from this node name the interface's primary (node) address as
+// sender, never the VIP. Otherwise a request the node sends while it holds
+// the VIP could name the VIP, and the gateway would update its neighbour
+// entry for the VIP to this node: a partitioned old primary would take the
+// VIP back at the gateway from the new primary. sysctlDir is normally
+// /proc/sys (per network namespace).
+func ARPAnnounceNodeAddr(sysctlDir, iface string) error {
+	if iface == "" || iface == "." || iface == ".." || strings.Contains(iface, "/") {
+		return fmt.Errorf("arp_announce: bad interface name %q", iface)
+	}
+	p := sysctlDir + "/net/ipv4/conf/" + iface + "/arp_announce"
+	if err := os.WriteFile(p, []byte("2\n"), 0o644); err != nil {
+		return fmt.Errorf("arp_announce: %w", err)
+	}
+	return nil
+}

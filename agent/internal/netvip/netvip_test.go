@@ -31,3 +31,28 @@ func TestTrackFile(t *testing.T) {
 		t.Fatalf("not restored: %q", b)
 	}
 }
+
+func TestARPAnnounceNodeAddr(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "net/ipv4/conf/eth0")
+	if err := os.MkdirAll(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "arp_announce"), []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := ARPAnnounceNodeAddr(dir, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(conf, "arp_announce")); string(b) != "2\n" {
+		t.Fatalf("arp_announce = %q, want 2", b)
+	}
+	for _, bad := range []string{"", "..", "a/b"} {
+		if err := ARPAnnounceNodeAddr(dir, bad); err == nil {
+			t.Errorf("interface %q accepted", bad)
+		}
+	}
+	if err := ARPAnnounceNodeAddr(dir, "eth9"); err == nil {
+		t.Error("missing interface: no error")
+	}
+}

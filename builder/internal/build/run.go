@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgepair/edgepair/builder/internal/disk"
@@ -184,12 +185,19 @@ func Run(ctx context.Context, p *Plan) (*Result, error) {
 		}
 	}
 	rep.Start("checksums", "sha256")
-	for _, f := range o.Formats {
-		a, err := output.Describe(filepath.Join(o.Output, p.ImageName()+"."+f), f)
-		if err != nil {
-			return nil, err
-		}
-		arts = append(arts, a)
+	arts = make([]output.Artifact, len(o.Formats))
+	errs := make([]error, len(o.Formats))
+	var wg sync.WaitGroup
+	for i, f := range o.Formats {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			arts[i], errs[i] = output.Describe(filepath.Join(o.Output, p.ImageName()+"."+f), f)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	if !contains(o.Formats, "raw") {
 		_ = os.Remove(raw)

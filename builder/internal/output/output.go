@@ -57,19 +57,76 @@ func Qcow2(ctx context.Context, raw, out string) error {
 	return nil
 }
 
-// Describe hashes a file.
+// Describe hashes a file. Holes of sparse files (the raw image is mostly
+// holes: slot B, the ESP's free space) are hashed from a zero buffer instead
+// of being read, which makes hashing the raw image several times faster.
 func Describe(path, format string) (Artifact, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Artifact{}, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
+	fi, err := f.Stat()
 	if err != nil {
 		return Artifact{}, err
 	}
-	return Artifact{Path: path, Format: format, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	h := sha256.New()
+	size := fi.Size()
+	var off int64
+	for off < size {
+		data, err := f.Seek(off, seekData)
+		if err != nil { // ENXIO: only a hole remains; or no SEEK_DATA support
+			if off == 0 {
+				if _, err := f.Seek(0, io.SeekStart); err != nil {
+					return Artifact{}, err
+				}
+				if _, err := io.Copy(h, f); err != nil {
+					return Artifact{}, err
+				}
+				break
+			}
+			data = size
+		}
+		if err := zeros(h, data-off); err != nil {
+			return Artifact{}, err
+		}
+		if data >= size {
+			break
+		}
+		hole, err := f.Seek(data, seekHole)
+		if err != nil {
+			return Artifact{}, err
+		}
+		if _, err := f.Seek(data, io.SeekStart); err != nil {
+			return Artifact{}, err
+		}
+		if _, err := io.CopyN(h, f, hole-data); err != nil {
+			return Artifact{}, err
+		}
+		off = hole
+	}
+	return Artifact{Path: path, Format: format, Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+const (
+	seekData = 3 // SEEK_DATA (Linux)
+	seekHole = 4 // SEEK_HOLE
+)
+
+var zeroBuf = make([]byte, 1<<20)
+
+func zeros(w io.Writer, n int64) error {
+	for n > 0 {
+		k := int64(len(zeroBuf))
+		if n < k {
+			k = n
+		}
+		if _, err := w.Write(zeroBuf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
 }
 
 // WriteSums writes dir/SHA256SUMS in sha256sum(1) format, sorted by name.

@@ -88,7 +88,9 @@ type AirgapImage struct {
 
 // Disk is the partition layout of the image.
 type Disk struct {
-	// ESPSize is the EFI system partition size. Default: 256MiB.
+	// ESPSize is the EFI system partition size. Default: 300MiB. (Above
+	// 260MiB FAT32 uses 4 KiB clusters; at 256MiB go-diskfs wrote the
+	// kernel and initrd with 512-byte clusters 8x slower.)
 	ESPSize Size `yaml:"espSize,omitempty" json:"espSize"`
 	// RootSlotSize is the size of each of the two root slots. Default: 1GiB.
 	RootSlotSize Size `yaml:"rootSlotSize,omitempty" json:"rootSlotSize"`
@@ -161,7 +163,7 @@ func (p *Profile) Resolve() {
 	}
 	d := &p.Disk
 	if d.ESPSize == 0 {
-		d.ESPSize = 256 * MiB
+		d.ESPSize = 300 * MiB
 	}
 	if d.RootSlotSize == 0 {
 		d.RootSlotSize = 1 * GiB

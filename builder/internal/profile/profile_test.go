@@ -50,7 +50,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if p.Variant != "minbase" || p.Disk.RootFilesystem != "squashfs" || p.Disk.Compression != "zstd" ||
-		p.Disk.ESPSize != 256*MiB || p.Disk.RootSlotSize != GiB || p.Disk.DataLabel != "edgepair-data" ||
+		p.Disk.ESPSize != 300*MiB || p.Disk.RootSlotSize != GiB || p.Disk.DataLabel != "edgepair-data" ||
 		strings.Join(p.Components, ",") != "main" {
 		t.Errorf("defaults not filled: %+v", p)
 	}

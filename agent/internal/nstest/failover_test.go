@@ -181,38 +181,104 @@ func TestPrimaryNodeGoneAndBack(t *testing.T) {
 	logResult(t, "node-gone", r)
 }
 
+// TestPartitionWithWitness: a real partition (the nodes exchange no frame,
+// both reach the gateway/witness). node-b cannot tell it from a dead primary
+// and promotes; its gratuitous ARP moves the gateway's entry for the VIP, so
+// node-a's echoes from the VIP go unanswered while its own are answered, and
+// node-a fences without ever dropping to asynchronous replication.
 func TestPartitionWithWitness(t *testing.T) {
+	t.Parallel() // each test has its own namespaces and directories
+	p := startHealthy(t)
+	p.WaitFor("node-a's VIP ownership check is armed", 10*time.Second, func(a, b ha.Status) bool {
+		return a.VIPCheck == ha.VIPCheckOK
+	})
+	for i := range 2 {
+		if out, err := Exec(p.Net.Nodes[i], "cat", "/proc/sys/net/ipv4/conf/eth0/arp_announce"); err != nil || strings.TrimSpace(out) != "2" {
+			t.Errorf("%s: arp_announce %q (%v), want 2", p.Names[i], strings.TrimSpace(out), err)
+		}
+	}
+	w := p.StartWriter()
+	time.Sleep(1500 * time.Millisecond)
+	t0 := time.Now()
+	if err := p.Net.Partition(true); err != nil {
+		t.Fatal(err)
+	}
+	first, err := w.WaitAck(t0, p.Names[1], 30*time.Second)
+	if err != nil {
+		w.Stop()
+		t.Fatal(err)
+	}
+	a, b := p.WaitFor("node-a fenced, node-b primary", 20*time.Second, func(a, b ha.Status) bool {
+		return a.Role == "fenced" && b.Role == "primary"
+	})
+	fenced := eventsOf(a, "another node took it over")
+	if len(fenced) == 0 || b.LastFailover.IsZero() {
+		t.Fatalf("node-a did not fence on the VIP check (%v) or node-b has no failover", a.Events)
+	}
+	if d := eventsOf(a, "degraded"); len(d) > 0 {
+		t.Fatalf("node-a dropped to asynchronous replication during the partition: %v", d)
+	}
+	if !b.LastFailover.Before(fenced[0].At) {
+		t.Errorf("node-a fenced at %s, before node-b promoted at %s: the VIP check fired without a takeover", fenced[0].At, b.LastFailover)
+	}
+	last, _ := w.LastBefore(first.At)
+	if last.Node == p.Names[1] {
+		t.Errorf("last ack before node-b's first is node-b's")
+	}
+	t.Logf("RESULT scenario=partition promote_ms=%d fence_ms=%d unavailable_ms=%d first_ack_b_ms=%d",
+		b.LastFailover.Sub(t0).Milliseconds(), fenced[0].At.Sub(t0).Milliseconds(), first.At.Sub(last.At).Milliseconds(), first.At.Sub(t0).Milliseconds())
+	// the fence's immediate shutdown may still be returning
+	var a2 ha.Status
+	for i := 0; i < 50; i++ {
+		if a2, err = p.Status(0); err == nil && !a2.VIPHeld && !a2.PG.Up && p.PostmasterPID(0) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if a2.VIPHeld || a2.PG.Up || p.PostmasterPID(0) != 0 {
+		t.Fatalf("fenced node-a still holds the VIP (%v) or runs PostgreSQL (status %v, pid %d)", a2.VIPHeld, a2.PG.Up, p.PostmasterPID(0))
+	}
+	time.Sleep(2 * time.Second)
+	if err := p.Net.Partition(false); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitFor("node-a rejoins as synchronous standby after the partition", 60*time.Second, Healthy(1))
+	time.Sleep(time.Second)
+	w.Stop()
+	w.Verify(1, 1)
+}
+
+// TestNodeAddressesFiltered: an asymmetric cut (node addresses filtered
+// between the nodes, the VIP reachable from node-b). node-b must not promote
+// while PostgreSQL answers through the VIP; node-a keeps the VIP and drops to
+// asynchronous replication once its echoes from the VIP, still answered after
+// node-b's window plus the takeover allowance, prove node-b did not take over.
+func TestNodeAddressesFiltered(t *testing.T) {
 	t.Parallel() // each test has its own namespaces and directories
 	p := startHealthy(t)
 	w := p.StartWriter()
 	time.Sleep(time.Second)
 	t0 := time.Now()
-	if err := p.Net.Partition(true); err != nil {
+	if err := p.Net.FilterNodeAddrs(true); err != nil {
 		t.Fatal(err)
 	}
-	// node-b reaches the witness but not node-a, and PostgreSQL still answers
-	// through the VIP: it must not promote. node-a keeps the VIP and drops to
-	// asynchronous replication after degradeAfter.
 	a, _ := p.WaitFor("node-a degrades to async, node-b stays standby", 20*time.Second, func(a, b ha.Status) bool {
 		return a.Role == "primary" && !a.SyncOn && b.Role == "standby"
 	})
 	if d := eventsOf(a, "degraded"); len(d) > 0 {
-		t.Logf("RESULT scenario=partition degrade_after_ms=%d (node-a's commits wait for the lost standby until then)", d[0].At.Sub(t0).Milliseconds())
+		t.Logf("RESULT scenario=node-addrs-filtered degrade_after_ms=%d (node-a's commits wait for the lost standby until then)", d[0].At.Sub(t0).Milliseconds())
 	}
 	if _, err := w.WaitAck(time.Now(), p.Names[0], 5*time.Second); err != nil {
 		t.Fatalf("writes do not continue on node-a after degrading: %v", err)
 	}
-	if last, ok := w.LastBefore(time.Now()); ok {
-		t.Logf("last ack by %s", last.Node)
-	}
 	time.Sleep(2 * time.Second)
 	if b, _ := p.Status(1); b.Term != a.Term || b.Role != "standby" {
-		t.Fatalf("node-b promoted during the partition: %s term %d", b.Role, b.Term)
+		t.Fatalf("node-b promoted while the VIP answered: %s term %d", b.Role, b.Term)
 	}
-	if err := p.Net.Partition(false); err != nil {
+	if err := p.Net.FilterNodeAddrs(false); err != nil {
 		t.Fatal(err)
 	}
-	p.WaitFor("synchronous replication restored after the partition", 30*time.Second, Healthy(0))
+	p.WaitFor("synchronous replication restored after the cut", 30*time.Second, Healthy(0))
 	time.Sleep(time.Second)
 	w.Stop()
 	w.Verify(0, 0)

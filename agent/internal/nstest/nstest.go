@@ -200,11 +200,32 @@ func Dialer(ns string) func(ctx context.Context, network, addr string) (net.Conn
 	}
 }
 
-// Partition cuts every path between the two nodes (the direct link down,
-// LAN traffic to the peer's own address blackholed) while both still reach
-// the client/witness namespace and the standby still reaches PostgreSQL
-// through the VIP (replies from the VIP are let through). on=false heals it.
+// Partition is a real partition between the two nodes: their bridge ports
+// are isolated from each other (`bridge link set ... isolated on`: no frame,
+// not even a broadcast, passes between them; each still reaches the client
+// namespace, which is the gateway and witness) and the direct link is down.
+// The standby then reaches neither the peer nor the VIP. on=false heals it.
 func (n *Net) Partition(on bool) error {
+	iso, state := "on", "down"
+	if !on {
+		iso, state = "off", "up"
+	}
+	for i := range 2 {
+		out, err := exec.Command("bridge", "-n", n.Bridge, "link", "set", "dev", fmt.Sprintf("p%d", i), "isolated", iso).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("bridge link set dev p%d isolated %s: %w: %s", i, iso, err, strings.TrimSpace(string(out)))
+		}
+		if err := IP("-n", n.Nodes[i], "link", "set", "eth1", state); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FilterNodeAddrs is an asymmetric cut: the direct link down and LAN traffic
+// between the node addresses blackholed, while traffic from the VIP passes,
+// so the standby still reaches PostgreSQL through the VIP. on=false heals it.
+func (n *Net) FilterNodeAddrs(on bool) error {
 	op, state := "add", "down"
 	if !on {
 		op, state = "del", "up"

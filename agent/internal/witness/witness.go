@@ -9,10 +9,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 )
@@ -131,7 +133,7 @@ func (p *Pinger) Run(ctx context.Context) error {
 		deadline := sent.Add(p.Interval)
 		if c == nil {
 			nc, err := net.ListenPacket("ip4:icmp", bind)
-			if err != nil && !p.Source.IsValid() {
+			if err != nil && (!p.Source.IsValid() || errors.Is(err, os.ErrPermission)) {
 				return fmt.Errorf("witness: raw ICMP socket: %w", err)
 			}
 			if err != nil {

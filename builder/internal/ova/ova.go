@@ -5,9 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -147,8 +147,10 @@ func fileSHA256(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// imageSizes returns the virtual size and the bytes that hold data, as
-// qemu-img reports them.
+// imageSizes returns the virtual size and the bytes that hold data. The
+// latter is summed from qemu-img map's data extents (SEEK_DATA), not taken
+// from the allocated block count, which delayed allocation and speculative
+// preallocation change from one moment to the next.
 func imageSizes(ctx context.Context, src, format string) (virtual, populated int64, err error) {
 	b, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", "-f", format, src).Output()
 	if err != nil {
@@ -156,7 +158,6 @@ func imageSizes(ctx context.Context, src, format string) (virtual, populated int
 	}
 	var info struct {
 		VirtualSize int64 `json:"virtual-size"`
-		ActualSize  int64 `json:"actual-size"`
 	}
 	if err := json.Unmarshal(b, &info); err != nil {
 		return 0, 0, fmt.Errorf("ova: qemu-img info %s: %w", src, err)
@@ -164,36 +165,78 @@ func imageSizes(ctx context.Context, src, format string) (virtual, populated int
 	if info.VirtualSize <= 0 {
 		return 0, 0, fmt.Errorf("ova: %s: qemu-img reports no virtual size", src)
 	}
-	if info.ActualSize <= 0 || info.ActualSize > info.VirtualSize {
-		info.ActualSize = info.VirtualSize
+	b, err = exec.CommandContext(ctx, "qemu-img", "map", "--output=json", "-f", format, src).Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("ova: qemu-img map %s: %w", src, err)
 	}
-	return info.VirtualSize, info.ActualSize, nil
+	var extents []struct {
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+		Zero   bool  `json:"zero"`
+	}
+	if err := json.Unmarshal(b, &extents); err != nil {
+		return 0, 0, fmt.Errorf("ova: qemu-img map %s: %w", src, err)
+	}
+	for _, e := range extents {
+		if e.Data && !e.Zero {
+			populated += e.Length
+		}
+	}
+	return info.VirtualSize, min(populated, info.VirtualSize), nil
 }
 
 // pinCID replaces the random content ID that qemu-img writes into the
 // embedded descriptor with one derived from name, so that conversions of the
-// same image are identical. The value keeps its length (8 hex digits), so
-// the descriptor's size and every offset stay as qemu-img wrote them.
+// same image are identical. qemu-img prints the CID with %x (1 to 8 digits),
+// so the descriptor text is rewritten with 8 digits inside the descriptor
+// area the sparse header declares, which is NUL-padded to whole sectors.
 func pinCID(vmdk, name string) error {
 	f, err := os.OpenFile(vmdk, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("ova: %w", err)
 	}
 	defer f.Close()
-	head := make([]byte, 64*1024)
-	n, err := io.ReadFull(f, head)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+	hdr := make([]byte, 512)
+	if _, err := io.ReadFull(f, hdr); err != nil {
 		return fmt.Errorf("ova: read VMDK header: %w", err)
 	}
-	head = head[:n]
-	i := bytes.Index(head, []byte("\nCID="))
-	if i < 0 || i+5+8 > len(head) {
+	if string(hdr[:4]) != "KDMV" {
+		return fmt.Errorf("ova: %s: not a sparse VMDK (magic %q)", vmdk, hdr[:4])
+	}
+	descOff := int64(binary.LittleEndian.Uint64(hdr[28:])) * 512
+	descLen := int64(binary.LittleEndian.Uint64(hdr[36:])) * 512
+	if descOff == 0 || descLen == 0 || descLen > 1<<20 {
+		return fmt.Errorf("ova: %s: no embedded descriptor", vmdk)
+	}
+	area := make([]byte, descLen)
+	if _, err := f.ReadAt(area, descOff); err != nil {
+		return fmt.Errorf("ova: read VMDK descriptor: %w", err)
+	}
+	text := area
+	if i := bytes.IndexByte(area, 0); i >= 0 {
+		text = area[:i]
+	}
+	i := bytes.Index(text, []byte("\nCID="))
+	if i < 0 {
 		return fmt.Errorf("ova: %s: no CID line in the embedded descriptor", vmdk)
+	}
+	start := i + len("\nCID=")
+	digits := bytes.IndexByte(text[start:], '\n')
+	if digits < 1 || digits > 8 {
+		return fmt.Errorf("ova: %s: malformed CID line in the embedded descriptor", vmdk)
 	}
 	h := fnv.New32a()
 	h.Write([]byte(name))
-	cid := fmt.Sprintf("%08x", h.Sum32())
-	if _, err := f.WriteAt([]byte(cid), int64(i+5)); err != nil {
+	var out []byte
+	out = append(out, text[:start]...)
+	out = append(out, fmt.Sprintf("%08x", h.Sum32())...)
+	out = append(out, text[start+digits:]...)
+	if int64(len(out)) > descLen {
+		return fmt.Errorf("ova: %s: no room in the descriptor area for the pinned CID", vmdk)
+	}
+	padded := make([]byte, descLen)
+	copy(padded, out)
+	if _, err := f.WriteAt(padded, descOff); err != nil {
 		return fmt.Errorf("ova: pin CID: %w", err)
 	}
 	return nil

@@ -40,9 +40,12 @@ const (
 const (
 	// MaxHeartbeat is the slowest heartbeat interval allowed.
 	MaxHeartbeat = 500 * time.Millisecond
-	// MinMargin is the least gap between fenceAfter and promoteAfter and
-	// between promoteAfter and degradeAfter (and at least 2 heartbeats).
-	MinMargin = 500 * time.Millisecond
+	// MinMargin is the least gap between fenceAfter and promoteAfter, and
+	// between the end of the standby's promotion window (promoteAfter +
+	// peerDead, see agent/README.md) and degradeAfter; at least 2 heartbeats.
+	// The agent checks the same rule (agent/internal/pair), so a seed that
+	// passes here is never refused at start.
+	MinMargin = time.Second
 	// MaxDegradeAfter keeps blocked synchronous commits under k3s's ~10 s
 	// datastore-latency limit (research/ha.md, k3s #3127).
 	MaxDegradeAfter = 10 * time.Second

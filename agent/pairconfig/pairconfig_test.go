@@ -170,6 +170,9 @@ func TestValidate(t *testing.T) {
 		{"promote too close", func(c *Config) { c.Timeouts.PromoteAfter.Duration = 2200 * time.Millisecond }, "timeouts.promoteAfter", "has fenced itself"},
 		{"promote before fence", func(c *Config) { c.Timeouts.PromoteAfter.Duration = time.Second }, "timeouts.promoteAfter", "not at least"},
 		{"degrade too close", func(c *Config) { c.Timeouts.DegradeAfter.Duration = 3 * time.Second }, "timeouts.degradeAfter", "promotion window"},
+		// The standby's window ends peerDead after promoteAfter (agent/internal/pair
+		// checks the same rule): 3s + 1s + 1s margin = 5s.
+		{"degrade inside window", func(c *Config) { c.Timeouts.DegradeAfter.Duration = 4900 * time.Millisecond }, "timeouts.degradeAfter", "expected >= 5s"},
 		{"degrade too long", func(c *Config) { c.Timeouts.DegradeAfter.Duration = 11 * time.Second }, "timeouts.degradeAfter", "at most 10s"},
 		{"port range", func(c *Config) { c.Ports.Status = 70000 }, "ports.status", "1..65535"},
 		{"port clash", func(c *Config) { c.Ports.Status = c.Ports.Postgres }, "ports.status", "also ports.postgres"},

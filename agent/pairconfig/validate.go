@@ -309,9 +309,9 @@ func (v *validator) checkTimeouts(t Timeouts) {
 		v.add("timeouts.promoteAfter", "%s is not at least %s after fenceAfter %s, expected >= %s so the old primary has fenced itself before the standby promotes",
 			promote, margin, fence, fence+margin)
 	}
-	if degrade < promote+margin {
-		v.add("timeouts.degradeAfter", "%s is not at least %s after promoteAfter %s, expected >= %s so the primary leaves synchronous replication only after the standby's promotion window",
-			degrade, margin, promote, promote+margin)
+	if degrade < promote+dead+margin {
+		v.add("timeouts.degradeAfter", "%s is less than promoteAfter %s + peerDead %s + %s, expected >= %s so the primary leaves synchronous replication only after the standby's promotion window has closed",
+			degrade, promote, dead, margin, promote+dead+margin)
 	}
 	if degrade > MaxDegradeAfter {
 		v.add("timeouts.degradeAfter", "%s blocks commits too long, expected at most %s (k3s gives up after ~10 s of datastore latency)", degrade, MaxDegradeAfter)

@@ -13,7 +13,7 @@ DEB_PACKAGES := mmdebstrap squashfs-tools erofs-utils qemu-system-x86 qemu-utils
 	systemd-boot-efi postgresql-15 keepalived xorriso bmap-tools e2fsprogs iproute2 \
 	dosfstools mtools zstd cloud-init fdisk uidmap
 
-.PHONY: all deps build image test test-unit test-integration test-qemu qemu-test bench fuzz vet clean
+.PHONY: all deps build image test test-unit test-integration test-qemu qemu-test qemu-pair bench fuzz vet clean
 
 all: build
 
@@ -31,7 +31,7 @@ build: ## build the builder and agent binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/builder ./builder/cmd/builder
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/edgepair-agent ./agent/cmd/agent
 
-image: deps build ## build the default image (raw + qcow2) under dist/
+image: deps build ## build the default image (raw, qcow2, ova) under dist/
 	$(BIN)/builder build --profile $(PROFILE) --output $(DIST) --agent $(BIN)/edgepair-agent
 
 vet:
@@ -47,8 +47,15 @@ test-unit: ## fast unit tests, no root needed
 test-integration: ## real PostgreSQL + keepalived in network namespaces (root)
 	$(GO) test -tags integration -count=1 -timeout 30m -v ./agent/... ./builder/... 2>&1 | tee test-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)' ; exit $${PIPESTATUS[0]}
 
-test-qemu: build standin ## boot the image (and the pair) under QEMU (root); artifacts/qemu-latest
+# The image every QEMU test boots: the one `make image` builds.
+QEMU_IMAGE ?= $(DIST)/edgepair-debian-12.qcow2
+
+test-qemu: image ## boot the image under QEMU (root): boot proof, seed boot, harness lifecycle; artifacts/
+	EDGEPAIR_BOOT_IMAGE=$(QEMU_IMAGE) EDGEPAIR_IMAGE=$(QEMU_IMAGE) \
 	$(GO) test -tags 'qemu integration' -count=1 -timeout 40m -v ./qemu-tests/... 2>&1 | tee test-qemu.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^    ' ; exit $${PIPESTATUS[0]}
+
+qemu-pair: build standin ## the VM pair scenarios a-f (root; long under TCG): EDGEPAIR_PAIR_SCENARIOS=a,d limits them
+	EDGEPAIR_PAIR=1 $(GO) test -tags qemu -count=1 -timeout 60m -run TestPair -v ./qemu-tests/ 2>&1 | tee test-qemu-pair.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^    ' ; exit $${PIPESTATUS[0]}
 
 qemu-test: test-qemu
 

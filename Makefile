@@ -11,7 +11,7 @@ BIN ?= bin
 # Host packages the build and the tests need (Debian package names).
 DEB_PACKAGES := mmdebstrap squashfs-tools erofs-utils qemu-system-x86 qemu-utils ovmf \
 	systemd-boot-efi postgresql-15 keepalived xorriso bmap-tools e2fsprogs iproute2 \
-	dosfstools mtools zstd cloud-init fdisk uidmap
+	dosfstools mtools zstd cloud-init fdisk uidmap openssh-client
 
 .PHONY: all deps build image test test-unit test-integration test-qemu qemu-test qemu-pair bench fuzz vet clean
 

@@ -1,5 +1,5 @@
 // Command builder turns an edgepair profile into a bootable, immutable disk
-// image (raw, qcow2) and inspects images it made.
+// image (raw, qcow2, ova) and inspects images it made.
 package main
 
 import (

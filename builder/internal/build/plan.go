@@ -5,6 +5,7 @@ package build
 
 import (
 	"fmt"
+	"github.com/edgepair/edgepair/builder/internal/ova"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -34,7 +35,7 @@ type Options struct {
 	Agent string
 	// K3s is a k3s binary overriding the profile's k3s source (optional).
 	K3s string
-	// Formats to write (raw, qcow2).
+	// Formats to write (raw, qcow2, ova).
 	Formats []string
 	// Epoch is SOURCE_DATE_EPOCH: every timestamp in the image.
 	Epoch int64
@@ -62,6 +63,23 @@ type Plan struct {
 
 // ImageName is the output base name, edgepair-<profile name>.
 func (p *Plan) ImageName() string { return "edgepair-" + p.O.Profile.Name }
+
+// OVASpec is the virtual machine the OVA declares: 2 vCPUs and 4 GiB (k3s
+// server and PostgreSQL on one node), EFI firmware, VMXNET3 on one network,
+// hardware version 15 and guest ids that ESXi 6.7 U2 and later know.
+func (p *Plan) OVASpec() ova.Spec {
+	pr := p.O.Profile
+	s := ova.Spec{Name: p.ImageName(), Product: "edgepair", Version: pr.Name + " " + pr.Digest()[:12],
+		Annotation: "edgepair appliance (" + pr.Name + "): give each node its seed (builder seed) through the guestinfo properties or as a CD-ROM.",
+		CPUs:       2, MemoryMiB: 4096, HardwareVersion: "vmx-13"}
+	switch pr.Distribution {
+	case "ubuntu":
+		s.GuestOS, s.GuestOSID = "ubuntu64Guest", 94
+	default:
+		s.GuestOS, s.GuestOSID = "debian10_64Guest", 96
+	}
+	return s
+}
 
 // NewPlan computes the plan.
 func NewPlan(o Options) (*Plan, error) {

@@ -87,3 +87,17 @@ func TestPlanProperties(t *testing.T) {
 		t.Error("base key ignores the package list")
 	}
 }
+
+// TestOVASpec: both profiles describe a VM the OVA writer accepts, with the
+// guest id of their distribution.
+func TestOVASpec(t *testing.T) {
+	for name, guest := range map[string]string{"debian-12": "debian10_64Guest", "ubuntu-24.04": "ubuntu64Guest"} {
+		s := plan(t, name, nil).OVASpec()
+		if err := s.Validate(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if s.GuestOS != guest || s.Name != "edgepair-"+name {
+			t.Errorf("%s: guest %q name %q, want %q edgepair-%s", name, s.GuestOS, s.Name, guest, name)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgepair/edgepair/builder/internal/disk"
 	"github.com/edgepair/edgepair/builder/internal/output"
+	"github.com/edgepair/edgepair/builder/internal/ova"
 	"github.com/edgepair/edgepair/builder/internal/progress"
 	"github.com/edgepair/edgepair/builder/internal/rootfs"
 	"github.com/edgepair/edgepair/builder/internal/rootimg"
@@ -56,7 +57,7 @@ func Run(ctx context.Context, p *Plan) (*Result, error) {
 		tools = append(tools, "mksquashfs")
 	}
 	for _, f := range o.Formats {
-		if f == "qcow2" {
+		if f == "qcow2" || f == "ova" {
 			tools = append(tools, "qemu-img")
 		}
 	}
@@ -183,8 +184,14 @@ func Run(ctx context.Context, p *Plan) (*Result, error) {
 		go func() {
 			defer wg.Done()
 			path := filepath.Join(o.Output, p.ImageName()+"."+f)
-			if f == "qcow2" {
+			switch f {
+			case "qcow2":
 				if err := output.Qcow2(ctx, raw, path); err != nil {
+					errs[i] = err
+					return
+				}
+			case "ova":
+				if _, err := ova.Write(ctx, raw, "raw", path, p.OVASpec(), time.Unix(o.Epoch, 0)); err != nil {
 					errs[i] = err
 					return
 				}

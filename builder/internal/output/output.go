@@ -16,9 +16,9 @@ import (
 )
 
 // Formats the builder can write.
-var Formats = []string{"raw", "qcow2"}
+var Formats = []string{"raw", "qcow2", "ova"}
 
-// ParseFormats parses "raw,qcow2". raw is always produced (the others are
+// ParseFormats parses "raw,qcow2,ova". raw is always produced (the others are
 // converted from it) but only listed when asked for.
 func ParseFormats(s string) ([]string, error) {
 	var out []string

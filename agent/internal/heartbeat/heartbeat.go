@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Role is what a node currently is.
@@ -144,6 +145,25 @@ type UDP struct {
 	Log    *slog.Logger
 	conn   *net.UDPConn
 	replay Replay
+	warned map[string]time.Time
+}
+
+// mismatchWarnEvery limits the warnings about a mismatched peer (wrong pair
+// key, our own node name, another pair) to one per reason in this interval.
+const mismatchWarnEvery = 30 * time.Second
+
+// warnMismatch logs at Warn, at most once per reason per mismatchWarnEvery:
+// a node fed the wrong seed keeps sending five heartbeats a second.
+func (u *UDP) warnMismatch(reason string, args ...any) {
+	now := time.Now()
+	if u.warned == nil {
+		u.warned = map[string]time.Time{}
+	}
+	if t, ok := u.warned[reason]; ok && now.Sub(t) < mismatchWarnEvery {
+		return
+	}
+	u.warned[reason] = now
+	u.Log.Warn(reason, args...)
 }
 
 // Listen opens the UDP socket on all addresses of the node at port.
@@ -191,16 +211,24 @@ func (u *UDP) Receive(ctx context.Context, fn func(m *Message, path netip.Addr))
 			return fmt.Errorf("heartbeat receive: %w", err)
 		}
 		m, err := Open(u.Key, buf[:n])
+		if errors.Is(err, ErrBadMAC) {
+			u.warnMismatch("ignoring heartbeats signed with another pair key: the two nodes have seeds of different pairs; not forming a pair, nothing is changed", "from", from.String())
+			continue
+		}
 		if err != nil {
 			u.Log.Debug("dropped datagram", "from", from.String(), "err", err)
 			continue
 		}
+		if m.Node == u.Self {
+			u.warnMismatch("ignoring heartbeats from another node that uses this node's name: both machines have the same node's seed; not forming a pair, nothing is changed", "node", m.Node, "from", from.String())
+			continue
+		}
 		if m.Node != u.Peer {
-			u.Log.Debug("dropped heartbeat from unexpected node", "node", m.Node, "from", from.String())
+			u.warnMismatch("ignoring heartbeats from a node that is not the configured peer", "node", m.Node, "peer", u.Peer, "from", from.String())
 			continue
 		}
 		if u.Pair != "" && m.Pair != u.Pair {
-			u.Log.Warn("ignoring heartbeat from a different pair configuration (mismatched seeds?)", "node", m.Node, "fingerprint", m.Pair)
+			u.warnMismatch("ignoring heartbeat from a different pair configuration (mismatched seeds?)", "node", m.Node, "fingerprint", m.Pair)
 			continue
 		}
 		if !u.replay.Accept(m) {

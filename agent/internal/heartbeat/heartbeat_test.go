@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -106,4 +108,71 @@ func TestUDPLoopback(t *testing.T) {
 		t.Fatalf("duplicate delivered: %+v", m)
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// TestMismatchedSeedsAreLogged: issue 5 wants agents with mismatched seeds
+// to say so (not silently drop), once per reason rather than per datagram,
+// and to deliver nothing to the state machine.
+func TestMismatchedSeedsAreLogged(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	b := &UDP{Key: key, Self: "b", Peer: "a", Log: log}
+	if err := b.Listen(0); err != nil {
+		t.Fatal(err)
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	bPort := netip.AddrPortFrom(lo, uint16(b.conn.LocalAddr().(*net.UDPAddr).Port))
+	otherKey := bytes.Repeat([]byte{9}, len(key))
+	wrongKey := &UDP{Key: otherKey, Self: "a", Peer: "b", Log: log, Peers: []netip.AddrPort{bPort}}
+	sameName := &UDP{Key: key, Self: "b", Peer: "a", Log: log, Peers: []netip.AddrPort{bPort}}
+	for _, u := range []*UDP{wrongKey, sameName} {
+		if err := u.Listen(0); err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got := make(chan *Message, 10)
+	go b.Receive(ctx, func(m *Message, _ netip.Addr) { got <- m })
+	for i := uint64(1); i <= 5; i++ {
+		if err := wrongKey.Send(&Message{Node: "a", BootID: "x", Seq: i}); err != nil {
+			t.Fatal(err)
+		}
+		if err := sameName.Send(&Message{Node: "b", BootID: "y", Seq: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && (!strings.Contains(buf.String(), "another pair key") || !strings.Contains(buf.String(), "this node's name")) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	out := buf.String()
+	for _, want := range []string{"level=WARN msg=\"ignoring heartbeats signed with another pair key", "level=WARN msg=\"ignoring heartbeats from another node that uses this node's name"} {
+		if n := strings.Count(out, want); n != 1 {
+			t.Errorf("%d log lines with %q (want exactly 1: logged, and rate-limited):\n%s", n, want, out)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("a mismatched heartbeat reached the state machine: %+v", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

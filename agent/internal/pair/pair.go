@@ -20,14 +20,15 @@ import (
 	"github.com/edgepair/edgepair/agent/pairconfig"
 )
 
-// Default timeouts. The ordering FenceAfter < PromoteAfter < DegradeAfter is
-// what makes failover safe; see Timeouts.
+// Default timeouts: pairconfig's, the one place they are chosen and
+// explained. The ordering FenceAfter < PromoteAfter < DegradeAfter is what
+// makes failover safe; see Timeouts.
 const (
-	DefaultHeartbeat    = 200 * time.Millisecond
-	DefaultPeerDead     = 1 * time.Second
-	DefaultFenceAfter   = 1500 * time.Millisecond
-	DefaultPromoteAfter = 3 * time.Second
-	DefaultDegradeAfter = 6 * time.Second
+	DefaultHeartbeat    = pairconfig.DefaultHeartbeat
+	DefaultPeerDead     = pairconfig.DefaultPeerDead
+	DefaultFenceAfter   = pairconfig.DefaultFenceAfter
+	DefaultPromoteAfter = pairconfig.DefaultPromoteAfter
+	DefaultDegradeAfter = pairconfig.DefaultDegradeAfter
 )
 
 // Timeouts are the effective failure-detection timeouts.
@@ -83,9 +84,9 @@ func New(c pairconfig.Config) (*Pair, error) {
 	if err := p.Timeouts.Validate(); err != nil {
 		return nil, err
 	}
-	p.PGPort = orDefaultInt(c.Ports.Postgres, 5432)
-	p.HBPort = orDefaultInt(c.Ports.Heartbeat, 7946)
-	p.HTTPPort = orDefaultInt(c.Ports.Status, 7947)
+	p.PGPort = orDefaultInt(c.Ports.Postgres, pairconfig.DefaultPostgresPort)
+	p.HBPort = orDefaultInt(c.Ports.Heartbeat, pairconfig.DefaultHeartbeatPort)
+	p.HTTPPort = orDefaultInt(c.Ports.Status, pairconfig.DefaultStatusPort)
 	key, err := base64.StdEncoding.DecodeString(c.Secrets.PairKey)
 	if err != nil || len(key) < 16 {
 		return nil, fmt.Errorf("secrets.pairKey: want base64 of at least 16 random bytes (32 recommended)")

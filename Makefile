@@ -48,7 +48,7 @@ test-integration: ## real PostgreSQL + keepalived in network namespaces (root)
 	$(GO) test -tags integration -count=1 -timeout 30m -v ./agent/... ./builder/... 2>&1 | tee test-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)' ; exit $${PIPESTATUS[0]}
 
 # The image every QEMU test boots: the one `make image` builds.
-QEMU_IMAGE ?= $(DIST)/edgepair-debian-12.qcow2
+QEMU_IMAGE ?= $(abspath $(DIST))/edgepair-debian-12.qcow2
 
 test-qemu: image ## boot the image under QEMU (root): boot proof, seed boot, harness lifecycle; artifacts/
 	EDGEPAIR_BOOT_IMAGE=$(QEMU_IMAGE) EDGEPAIR_IMAGE=$(QEMU_IMAGE) \

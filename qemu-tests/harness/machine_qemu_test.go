@@ -74,24 +74,16 @@ func TestMachineLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t1 := time.Now()
-	if err := m.Reboot(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var boot2 string
-	for {
-		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-		boot2, err = m.ExecOK(sctx, "cat /proc/sys/kernel/random/boot_id")
-		scancel()
-		if err == nil && boot2 != boot1 {
-			break
+	t.Run("in-guest reboot", func(t *testing.T) {
+		if m.Accel().Name != "kvm" {
+			// Skipped with the reason, not passed: under TCG with QEMU 7.2 OVMF
+			// can spin in PEI after the warm reset for many minutes (seen in
+			// CI's rehearsal and by the boot test), so the boot and seed tests
+			// power-cycle instead; the power-off/on below covers reconnecting.
+			t.Skip("in-guest reboot is exercised only under KVM: under TCG OVMF can stall after the warm reset")
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("no new boot after reboot: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
-	t.Logf("clean reboot to test shell: %s", time.Since(t1).Round(100*time.Millisecond))
+		rebootStep(t, ctx, m, boot1)
+	})
 
 	if err := m.PowerOff(ctx); err != nil {
 		t.Fatal(err)
@@ -146,4 +138,25 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// rebootStep reboots m from inside and waits for a new boot's test shell.
+func rebootStep(t *testing.T, ctx context.Context, m *Machine, boot1 string) {
+	t1 := time.Now()
+	if err := m.Reboot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		boot2, err := m.ExecOK(sctx, "cat /proc/sys/kernel/random/boot_id")
+		scancel()
+		if err == nil && boot2 != boot1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no new boot after reboot: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("clean reboot to test shell: %s", time.Since(t1).Round(100*time.Millisecond))
 }

@@ -74,37 +74,8 @@ func trunc(s string, n int) string {
 
 // keyTypes maps each accepted key type to the check of its wire format.
 var keyTypes = map[string]func(typ string, blob []byte) error{
-	"ssh-ed25519": func(typ string, b []byte) error {
-		r := wire{b}
-		if err := r.expectType(typ); err != nil {
-			return err
-		}
-		k, err := r.str()
-		if err != nil {
-			return err
-		}
-		if len(k) != 32 {
-			return fmt.Errorf("ed25519 key is %d bytes, expected 32", len(k))
-		}
-		return r.end()
-	},
-	"sk-ssh-ed25519@openssh.com": func(typ string, b []byte) error {
-		r := wire{b}
-		if err := r.expectType(typ); err != nil {
-			return err
-		}
-		k, err := r.str()
-		if err != nil {
-			return err
-		}
-		if len(k) != 32 {
-			return fmt.Errorf("ed25519 key is %d bytes, expected 32", len(k))
-		}
-		if _, err := r.str(); err != nil { // application, e.g. "ssh:"
-			return err
-		}
-		return r.end()
-	},
+	"ssh-ed25519":                ed25519Check(false),
+	"sk-ssh-ed25519@openssh.com": ed25519Check(true),
 	"ssh-rsa": func(typ string, b []byte) error {
 		r := wire{b}
 		if err := r.expectType(typ); err != nil {
@@ -228,4 +199,28 @@ func (w *wire) end() error {
 		return fmt.Errorf("%d unexpected bytes after the key", len(w.b))
 	}
 	return nil
+}
+
+// ed25519Check checks an ed25519 key blob: the type, a 32-byte point and,
+// for a security-key (sk-) key, the application string that follows it.
+func ed25519Check(sk bool) func(typ string, blob []byte) error {
+	return func(typ string, b []byte) error {
+		r := wire{b}
+		if err := r.expectType(typ); err != nil {
+			return err
+		}
+		k, err := r.str()
+		if err != nil {
+			return err
+		}
+		if len(k) != 32 {
+			return fmt.Errorf("ed25519 key is %d bytes, expected 32", len(k))
+		}
+		if sk {
+			if _, err := r.str(); err != nil { // application, e.g. "ssh:"
+				return err
+			}
+		}
+		return r.end()
+	}
 }

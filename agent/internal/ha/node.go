@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -609,8 +610,22 @@ func (n *Node) rejoin(ctx context.Context, now time.Time) {
 		return
 	}
 	n.pg = PGStatus{}
-	if n.st.LastRole == lastRolePrimary {
+	switch {
+	case !n.d.DB.HasData():
+		// An earlier re-clone failed half way (its copy is removed): clone.
+		n.event(n.d.Clock.Now(), "no data directory: cloning from the primary (pg_basebackup)", "peer", n.cfg.Peer)
+		if err := n.unlocked(func() error { return n.d.DB.Clone(ctx) }); err != nil {
+			n.d.Log.Error("clone failed", "err", err)
+			return
+		}
+	case n.st.LastRole == lastRolePrimary:
 		err := n.unlocked(func() error { return n.d.DB.Rewind(ctx) })
+		if errors.Is(err, ErrPeerUnreachable) {
+			// Nothing was changed: keep the data and try again next tick
+			// (a busy or still-booting peer is not a reason to re-clone).
+			n.logEvery(n.d.Clock.Now(), "rewind-unreachable", 5*time.Second, "pg_rewind could not reach the primary; retrying", "err", err)
+			return
+		}
 		if err != nil {
 			n.event(n.d.Clock.Now(), "pg_rewind failed; re-cloning (old data directory kept aside)", "err", err)
 			if err := n.unlocked(func() error { return n.d.DB.Reclone(ctx) }); err != nil {

@@ -2,6 +2,7 @@ package ha
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -365,6 +366,45 @@ func TestRewindFailureReclones(t *testing.T) {
 	p.a.db.up = false
 	p.run(4 * time.Second)
 	if !p.a.db.has("reclone") || p.a.n.role != heartbeat.RoleStandby {
+		t.Fatalf("a=%s calls=%v", p.a.n.role, p.a.db.calls)
+	}
+}
+
+// TestRewindUnreachableRetries: a peer that cannot be reached (busy, still
+// booting) is no reason to move the old primary's data aside: the rejoin is
+// retried with the data in place.
+func TestRewindUnreachableRetries(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.rewindErr = fmt.Errorf("%w: pg_rewind: connection to server at \"b\" failed: timeout expired", ErrPeerUnreachable)
+	p.a.db.up = false
+	p.run(4 * time.Second)
+	if p.a.db.has("reclone") || p.a.db.has("clone") || p.a.n.role != heartbeat.RoleRejoining || !p.a.db.hasData {
+		t.Fatalf("unreachable peer: a=%s hasData=%v calls=%v", p.a.n.role, p.a.db.hasData, p.a.db.calls)
+	}
+	p.a.db.rewindErr = nil
+	p.run(2 * time.Second)
+	rewinds := 0
+	for _, c := range p.a.db.calls {
+		if c == "rewind" {
+			rewinds++
+		}
+	}
+	if p.a.n.role != heartbeat.RoleStandby || rewinds < 2 || p.a.db.has("reclone") {
+		t.Fatalf("after the peer is reachable: a=%s rewinds=%d calls=%v", p.a.n.role, rewinds, p.a.db.calls)
+	}
+}
+
+// TestRejoinWithoutDataClones: an old primary whose data directory is gone
+// (a re-clone that failed half way removes its copy) clones; it does not try
+// to rewind nothing.
+func TestRejoinWithoutDataClones(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.up = false
+	p.a.db.hasData = false
+	p.run(4 * time.Second)
+	if p.a.n.role != heartbeat.RoleStandby || !p.a.db.has("clone") || p.a.db.has("rewind") {
 		t.Fatalf("a=%s calls=%v", p.a.n.role, p.a.db.calls)
 	}
 }

@@ -7,6 +7,7 @@ package ha
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/edgepair/edgepair/agent/internal/store"
@@ -36,6 +37,10 @@ type PGStatus struct {
 	SyncNames string    // synchronous_standby_names in effect
 }
 
+// ErrPeerUnreachable marks a Database error where the peer's PostgreSQL
+// could not be reached, so nothing was changed locally.
+var ErrPeerUnreachable = errors.New("peer PostgreSQL unreachable")
+
 // Database is the local PostgreSQL: queries and data-directory lifecycle.
 // Lifecycle methods run PostgreSQL's own tools (initdb, pg_basebackup,
 // pg_rewind) and the service manager; they may take seconds.
@@ -63,7 +68,9 @@ type Database interface {
 	EnsureSlot(ctx context.Context, node string) error
 	// Clone copies the peer with pg_basebackup into an empty data directory.
 	Clone(ctx context.Context) error
-	// Rewind runs pg_rewind against the peer.
+	// Rewind runs pg_rewind against the peer. It returns an error matching
+	// ErrPeerUnreachable when it could not connect to the peer at all: the
+	// local data is then untouched and the rejoin is retried, not re-cloned.
 	Rewind(ctx context.Context) error
 	// Reclone moves the data directory aside (kept) and clones afresh.
 	Reclone(ctx context.Context) error

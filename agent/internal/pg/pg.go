@@ -243,7 +243,7 @@ func lastLines(s string, n int) string {
 
 // conninfo for replication and pg_rewind against the peer.
 func (l *Local) peerConninfo(db string) string {
-	s := fmt.Sprintf("host=%s port=%d user=%s password=%s application_name=%s connect_timeout=3",
+	s := fmt.Sprintf("host=%s port=%d user=%s password=%s application_name=%s connect_timeout=10",
 		l.cfg.PeerHost, l.cfg.Port, ReplicationUser, conninfoQuote(l.cfg.ReplPass), conninfoQuote(l.cfg.Self))
 	if db != "" {
 		s += " dbname=" + db
@@ -491,7 +491,7 @@ func (l *Local) Clone(ctx context.Context) error {
 	if err := l.prepareDir(); err != nil {
 		return err
 	}
-	err := l.runAs(ctx, []string{"PGPASSWORD=" + l.cfg.ReplPass, "PGCONNECT_TIMEOUT=5"}, "pg_basebackup",
+	err := l.runAs(ctx, []string{"PGPASSWORD=" + l.cfg.ReplPass, "PGCONNECT_TIMEOUT=10"}, "pg_basebackup",
 		"-h", l.cfg.PeerHost.String(), "-p", strconv.Itoa(l.cfg.Port), "-U", ReplicationUser,
 		"-D", l.cfg.PGData, "-X", "stream", "-S", pair.SlotName(l.cfg.Self), "--checkpoint=fast", "--no-password")
 	if err != nil {
@@ -509,10 +509,21 @@ func (l *Local) Rewind(ctx context.Context) error {
 	if err := l.writeConfig(false); err != nil {
 		return err
 	}
-	if err := l.runAs(ctx, nil, "pg_rewind", "-D", l.cfg.PGData, "--source-server", l.peerConninfo("postgres")); err != nil {
-		return err
+	err := l.runAs(ctx, nil, "pg_rewind", "-D", l.cfg.PGData, "--source-server", l.peerConninfo("postgres"))
+	if err != nil && notConnected(err) {
+		// libpq failed before pg_rewind read or wrote anything.
+		return fmt.Errorf("%w: %w", ha.ErrPeerUnreachable, err)
 	}
-	return nil
+	return err
+}
+
+// notConnected tells whether a PostgreSQL tool failed because libpq could
+// not open its connection (refused, timed out, no route), as opposed to
+// failing on the data.
+func notConnected(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "connection to server at") && strings.Contains(s, "failed:") ||
+		strings.Contains(s, "could not connect to server")
 }
 
 // Reclone moves PGDATA aside (kept for inspection) and clones afresh.

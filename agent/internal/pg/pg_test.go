@@ -1,6 +1,7 @@
 package pg
 
 import (
+	"errors"
 	"strconv"
 	"testing"
 )
@@ -50,3 +51,20 @@ func formatLSN(v uint64) string {
 }
 
 func fmtHex(v uint64) string { return strconv.FormatUint(v, 16) }
+
+func TestNotConnected(t *testing.T) {
+	for _, c := range []struct {
+		msg  string
+		want bool
+	}{
+		{`pg_rewind: exit status 1: pg_rewind: error: connection to server at "198.18.10.12", port 5432 failed: timeout expired`, true},
+		{`pg_rewind: exit status 1: pg_rewind: error: connection to server at "198.18.10.12", port 5432 failed: Connection refused`, true},
+		{`pg_rewind: exit status 1: could not connect to server: No route to host`, true},
+		{`pg_rewind: exit status 1: pg_rewind: error: could not find common ancestor of the source and target cluster's timelines`, false},
+		{`write /var/lib/postgresql/15/edgepair/pg_hba.conf: no such file or directory`, false},
+	} {
+		if got := notConnected(errors.New(c.msg)); got != c.want {
+			t.Errorf("notConnected(%q) = %v, want %v", c.msg, got, c.want)
+		}
+	}
+}

@@ -200,7 +200,8 @@ type HBA struct {
 
 // HBAConf renders pg_hba.conf: local socket for the agent (peer auth mapped
 // from root), replication only from the peer, k3s only from the LAN, all
-// passwords scram-sha-256.
+// passwords scram-sha-256. The k3s role may also open the postgres
+// database, which kine reads before its own.
 func HBAConf(h HBA) ([]byte, error) {
 	if len(h.PeerAddrs) == 0 || h.ReplicationUser == "" || h.IdentMap == "" {
 		return nil, fmt.Errorf("pg_hba.conf: peer addresses, replication user and ident map are required")
@@ -215,8 +216,12 @@ func HBAConf(h HBA) ([]byte, error) {
 		fmt.Fprintf(&b, "host    postgres     %-12s %-20s scram-sha-256\n", h.ReplicationUser, p)
 	}
 	if h.K3sUser != "" {
+		// kine (k3s's datastore layer) connects to the postgres database
+		// first to check that its own exists; the role owns nothing there.
 		for _, n := range h.K3sNets {
-			fmt.Fprintf(&b, "host    %-12s %-12s %-20s scram-sha-256\n", h.K3sDB, h.K3sUser, n.Masked())
+			for _, db := range []string{h.K3sDB, "postgres"} {
+				fmt.Fprintf(&b, "host    %-12s %-12s %-20s scram-sha-256\n", db, h.K3sUser, n.Masked())
+			}
 		}
 	}
 	return b.Bytes(), nil

@@ -26,6 +26,7 @@ type fakeDB struct {
 	mu        sync.Mutex
 	hasData   bool
 	up        bool
+	stalled   bool // not up because the check times out (slow, not gone)
 	recovery  bool
 	lsn       uint64
 	syncNames string
@@ -39,7 +40,7 @@ func (f *fakeDB) call(s string) { f.calls = append(f.calls, s) }
 func (f *fakeDB) HasData() bool { return f.hasData }
 func (f *fakeDB) Status(context.Context) PGStatus {
 	if !f.up {
-		return PGStatus{}
+		return PGStatus{Stalled: f.stalled}
 	}
 	return PGStatus{Up: true, InRecovery: f.recovery, LSN: f.lsn, Replicas: f.replicas, SyncNames: f.syncNames, Streaming: f.recovery}
 }

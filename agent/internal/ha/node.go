@@ -41,6 +41,11 @@ const (
 	lastRoleStandby = "standby"
 )
 
+// StallTolerance is how long a primary's PostgreSQL may time out on the
+// health check (the server is there but slow: I/O stall, overloaded machine)
+// before it counts as failed. A refused or missing server counts at once.
+const StallTolerance = 10 * time.Second
+
 // VIP ownership check (see README "The trade-off").
 const (
 	// VIPTakeover is the allowance for the standby's promotion, keepalived's
@@ -665,6 +670,13 @@ func (n *Node) tickPrimary(ctx context.Context, now time.Time, fresh bool) {
 		if n.pgDownSince.IsZero() {
 			n.pgDownSince = now
 			return // confirm on the next tick
+		}
+		if s.Stalled && now.Sub(n.pgDownSince) < StallTolerance {
+			// Slow is not failed: a handover would stop a server that
+			// still commits (and a loaded machine would flap).
+			n.logEvery(now, "pg-stalled", 2*time.Second, "PostgreSQL does not answer the health check in time; not failing over yet",
+				"for", now.Sub(n.pgDownSince).String(), "tolerance", StallTolerance.String())
+			return
 		}
 		n.primaryDown(ctx, now, fresh)
 		return

@@ -343,6 +343,36 @@ func TestPrimaryPGFailureHandsOver(t *testing.T) {
 	}
 }
 
+// TestPrimaryPGStallToleratedThenHandsOver: health checks that time out (a
+// slow server, not a refused one) do not hand over at once, as a stopped
+// server does, but only once the stall lasts StallTolerance.
+func TestPrimaryPGStallToleratedThenHandsOver(t *testing.T) {
+	p := newPair(t)
+	p.boot()
+	p.a.db.lsn = 500
+	p.step()
+	p.a.db.up, p.a.db.stalled = false, true
+	start := p.clock.Now()
+	p.run(StallTolerance - time.Second)
+	if p.a.n.role != heartbeat.RolePrimary || p.b.db.has("promote") || p.a.db.has("kill") {
+		t.Fatalf("handed over on a stall of %s: a=%s b calls=%v", p.clock.Now().Sub(start), p.a.n.role, p.b.db.calls)
+	}
+	// A stall that ends changes nothing.
+	p.a.db.up, p.a.db.stalled = true, false
+	p.run(time.Second)
+	p.a.db.up, p.a.db.stalled = false, true
+	start = p.clock.Now()
+	for p.b.n.role != heartbeat.RolePrimary {
+		p.step()
+		if p.clock.Now().Sub(start) > StallTolerance+3*time.Second {
+			t.Fatalf("no handover after a stall of %s: a=%s b=%s", p.clock.Now().Sub(start), p.a.n.role, p.b.n.role)
+		}
+	}
+	if d := p.clock.Now().Sub(start); d < StallTolerance {
+		t.Fatalf("handed over after %s, before the stall tolerance %s", d, StallTolerance)
+	}
+}
+
 func TestPrimaryPGFailureWithoutSyncStandbyRestartsLocally(t *testing.T) {
 	p := newPair(t)
 	p.boot()

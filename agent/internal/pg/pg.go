@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/edgepair/edgepair/agent/internal/ha"
 	"github.com/edgepair/edgepair/agent/internal/pair"
@@ -161,13 +162,13 @@ func (l *Local) Status(ctx context.Context) ha.PGStatus {
 	var s ha.PGStatus
 	c, err := l.connect(ctx)
 	if err != nil {
-		return s
+		return ha.PGStatus{Stalled: timedOut(err)}
 	}
 	var lsn, replay string
 	var tli int64
 	if err := c.QueryRow(ctx, statusSQL).Scan(&s.InRecovery, &tli, &lsn, &replay, &s.Streaming, &s.SyncNames); err != nil {
 		l.drop()
-		return ha.PGStatus{}
+		return ha.PGStatus{Stalled: timedOut(err)}
 	}
 	s.Timeline = uint32(tli)
 	s.LSN, _ = ParseLSN(lsn)
@@ -175,7 +176,7 @@ func (l *Local) Status(ctx context.Context) ha.PGStatus {
 	rows, err := c.Query(ctx, replicasSQL)
 	if err != nil {
 		l.drop()
-		return ha.PGStatus{}
+		return ha.PGStatus{Stalled: timedOut(err)}
 	}
 	for rows.Next() {
 		var r ha.Replica
@@ -194,6 +195,12 @@ func (l *Local) Status(ctx context.Context) ha.PGStatus {
 	}
 	s.Up = true
 	return s
+}
+
+// timedOut: the check ran out of time (the server may be alive but slow),
+// as opposed to a refused connection or a server that is gone.
+func timedOut(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

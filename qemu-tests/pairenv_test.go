@@ -112,8 +112,9 @@ func preflight(t *testing.T) {
 }
 
 // pairImage returns the image the pair boots: EDGEPAIR_PAIR_IMAGE, or one built
-// with the k3s stand-in into .cache/qemu-pair (reused when present;
-// EDGEPAIR_PAIR_REBUILD=1 builds it again). It says which control plane is inside.
+// from the current tree (agent included) with the control plane into
+// .cache/qemu-pair; the builder's base cache makes that a warm build of about a
+// minute, and a stale agent is never tested. It says which control plane is inside.
 func pairImage(t *testing.T, ctx context.Context) (img, control string) {
 	t.Helper()
 	root := repoRoot(t)
@@ -133,15 +134,11 @@ func pairImage(t *testing.T, ctx context.Context) (img, control string) {
 	}
 	out := filepath.Join(root, ".cache", "qemu-pair", "image")
 	img = filepath.Join(out, "edgepair-debian-12.qcow2")
-	if _, err := os.Stat(img); err == nil && os.Getenv("EDGEPAIR_PAIR_REBUILD") == "" {
-		t.Logf("reusing %s (EDGEPAIR_PAIR_REBUILD=1 rebuilds it)", img)
-		return img, control
-	}
 	builder := filepath.Join(root, "bin", "builder")
 	if _, err := os.Stat(builder); err != nil {
 		t.Skipf("image not built and %s missing (make build)", builder)
 	}
-	cmd := exec.CommandContext(ctx, builder, "build", "--profile", "profiles/debian-12.yaml", "--k3s", k3s, "--output", out, "--formats", "raw,qcow2")
+	cmd := exec.CommandContext(ctx, builder, "build", "--profile", "profiles/debian-12.yaml", "--k3s", k3s, "--output", out, "--formats", "qcow2")
 	cmd.Dir = root
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
@@ -274,7 +271,15 @@ func newPair(t *testing.T, ctx context.Context, runDir, img, control string) *pa
 	e.hc = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: netlab.Dialer(e.client), DisableKeepAlives: true}}
 	mem := 3072
 	if v := os.Getenv("EDGEPAIR_PAIR_MEMORY_MB"); v != "" {
-		fmt.Sscan(v, &mem)
+		if _, err := fmt.Sscan(v, &mem); err != nil || mem < 1024 {
+			t.Fatalf("EDGEPAIR_PAIR_MEMORY_MB=%q: want MiB per VM, at least 1024", v)
+		}
+	}
+	cpus := 2
+	if v := os.Getenv("EDGEPAIR_PAIR_CPUS"); v != "" {
+		if _, err := fmt.Sscan(v, &cpus); err != nil || cpus < 1 {
+			t.Fatalf("EDGEPAIR_PAIR_CPUS=%q: want a number of vCPUs per VM (1 or more)", v)
+		}
 	}
 	for _, n := range e.nodes {
 		if err := lab.AddTap(ctx, n.tap); err != nil {
@@ -282,7 +287,7 @@ func newPair(t *testing.T, ctx context.Context, runDir, img, control string) *pa
 		}
 		m, err := harness.New(ctx, harness.Config{
 			Name: n.name, Dir: filepath.Join(runDir, n.name), BaseDisk: img, DiskSize: "8G",
-			MemoryMB: mem, CPUs: 2, CDROM: isos[n.name], Accel: accel, NetNS: lab.Switch,
+			MemoryMB: mem, CPUs: cpus, CDROM: isos[n.name], Accel: accel, NetNS: lab.Switch,
 			NICs: []harness.NIC{{Tap: n.tap, MAC: harness.MACFor(n.name, 0)}}, Log: e.log,
 		})
 		if err != nil {

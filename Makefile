@@ -31,7 +31,7 @@ build: ## build the builder and agent binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/builder ./builder/cmd/builder
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/edgepair-agent ./agent/cmd/agent
 
-image: deps build ## build the default image (raw, qcow2, ova) under dist/
+image: deps build ## build the default image (raw + bmap, qcow2, ova) under dist/
 	$(BIN)/builder build --profile $(PROFILE) --output $(DIST) --agent $(BIN)/edgepair-agent
 
 vet:

@@ -31,7 +31,7 @@ func profileFlags() []cli.Flag {
 		&cli.StringFlag{Name: "base", Usage: "use this OCI image as the base root filesystem instead of mmdebstrap: an OCI layout dir (dir or dir@sha256:...), an image tarball or a registry reference"},
 		&cli.StringFlag{Name: "agent", Usage: "prebuilt agent binary to install as /usr/bin/edgepair-agent (default: go build ./agent/cmd/agent)"},
 		&cli.StringFlag{Name: "k3s", Usage: "k3s binary to install as /usr/local/bin/k3s, overriding the profile's k3s source"},
-		&cli.StringFlag{Name: "formats", Value: "raw,qcow2,ova", Usage: "comma-separated output formats: raw (flash it), qcow2 (QEMU/KVM), ova (vSphere import: EFI, streamOptimized VMDK, guestinfo properties)"},
+		&cli.StringFlag{Name: "formats", Value: "raw,bmap,qcow2,ova", Usage: "comma-separated output formats: raw (flash it), bmap (block map: bmaptool copy writes only the used blocks and verifies them), raw.zst (raw compressed for download; bmaptool reads it directly), qcow2 (QEMU/KVM), ova (vSphere import: EFI, streamOptimized VMDK, guestinfo properties)"},
 		&cli.Int64Flag{Name: "source-date-epoch", EnvVars: []string{"SOURCE_DATE_EPOCH"}, Usage: "timestamp for every file in the image (default: the last git commit's time)"},
 		&cli.StringFlag{Name: "cache", Value: ".cache/edgepair", Usage: "cache directory for base images (OCI layout) and their unpacked trees"},
 	}

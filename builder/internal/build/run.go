@@ -190,6 +190,16 @@ func Run(ctx context.Context, p *Plan) (*Result, error) {
 					errs[i] = err
 					return
 				}
+			case "raw.zst":
+				if err := output.Zstd(raw, path); err != nil {
+					errs[i] = err
+					return
+				}
+			case "bmap":
+				if err := output.Bmap(raw, path); err != nil {
+					errs[i] = err
+					return
+				}
 			case "ova":
 				if _, err := ova.Write(ctx, raw, "raw", path, p.OVASpec(), time.Unix(o.Epoch, 0)); err != nil {
 					errs[i] = err

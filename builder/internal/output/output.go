@@ -15,8 +15,9 @@ import (
 	"strings"
 )
 
-// Formats the builder can write.
-var Formats = []string{"raw", "qcow2", "ova"}
+// Formats the builder can write: raw, raw.zst (the raw image compressed for
+// download), bmap (bmaptool's block map of the raw image), qcow2 and ova.
+var Formats = []string{"raw", "raw.zst", "bmap", "qcow2", "ova"}
 
 // ParseFormats parses "raw,qcow2,ova". raw is always produced (the others are
 // converted from it) but only listed when asked for.

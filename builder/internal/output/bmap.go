@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -59,24 +60,32 @@ func MappedRanges(f *os.File, size int64, bs int64) ([]Range, error) {
 	return rs, nil
 }
 
+// openMapped opens the raw image and maps its data in blocks of bs bytes.
+func openMapped(raw string, bs int64) (*os.File, int64, []Range, error) {
+	f, err := os.Open(raw)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		var rs []Range
+		if rs, err = MappedRanges(f, fi.Size(), bs); err == nil {
+			return f, fi.Size(), rs, nil
+		}
+	}
+	f.Close()
+	return nil, 0, nil, fmt.Errorf("%s: %w", raw, err)
+}
+
 // Bmap writes the block map of the raw image (bmaptool's format 2.0, sha256
 // checksums) to out: bmaptool copy then writes only the mapped blocks and
 // verifies each range, from the raw image or its .zst.
 func Bmap(raw, out string) error {
-	f, err := os.Open(raw)
+	f, size, rs, err := openMapped(raw, BmapBlockSize)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	size := fi.Size()
-	rs, err := MappedRanges(f, size, BmapBlockSize)
-	if err != nil {
-		return err
-	}
 	var mapped int64
 	var body strings.Builder
 	buf := make([]byte, 1<<20)
@@ -113,7 +122,7 @@ func Bmap(raw, out string) error {
     <BlockMap>
 %s    </BlockMap>
 </bmap>
-`, strings.TrimSuffix(fi.Name(), ".raw"), size, BmapBlockSize, blocks, mapped, zero, body.String())
+`, strings.TrimSuffix(filepath.Base(raw), ".raw"), size, BmapBlockSize, blocks, mapped, zero, body.String())
 	doc := b.Bytes()
 	sum := sha256.Sum256(doc)
 	doc = bytes.Replace(doc, []byte("<BmapFileChecksum> "+zero), []byte("<BmapFileChecksum> "+hex.EncodeToString(sum[:])), 1)
@@ -137,16 +146,11 @@ func writeFileAtomic(path string, b []byte) error {
 // Holes are fed as zeros without reading them. The frame records the
 // content size, so `zstd -l` shows the image size.
 func Zstd(raw, out string) (err error) {
-	f, err := os.Open(raw)
+	f, size, rs, err := openMapped(raw, 1) // byte ranges
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	size := fi.Size()
 	tmp := out + ".tmp"
 	o, err := os.Create(tmp)
 	if err != nil {
@@ -165,10 +169,6 @@ func Zstd(raw, out string) (err error) {
 		return err
 	}
 	zw.ResetContentSize(bw, size)
-	rs, err := MappedRanges(f, size, 1)
-	if err != nil {
-		return err
-	}
 	buf := make([]byte, 1<<20)
 	var off int64
 	for _, r := range rs {

@@ -18,8 +18,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -429,46 +431,78 @@ func (e *pairEnv) vipInVM(ctx context.Context, n *node) (bool, error) {
 	return strings.Contains(out, " "+vipAddr+"/"), nil
 }
 
-// splitBrainWatch samples both nodes' /status every second and records every
-// moment both claimed to be a writable primary.
+// splitBrainWatch tries, every second, to commit a probe row on each node
+// directly (its own address, not the VIP) from the client namespace, with k3s's
+// datastore credentials. A node acknowledges a probe only if it really accepts
+// writes: a standby refuses, a fenced node is down, and a primary whose
+// synchronous standby is gone cannot acknowledge (the probe times out and pgx
+// cancels it; a server-side statement_timeout would return success). The two
+// nodes accepted writes at the same time if one acknowledged a probe after the
+// other had taken over (report.Interleavings over the probes in time order).
 type splitBrainWatch struct {
-	mu         sync.Mutex
-	violations []string
-	samples    int
+	probes report.WriteLog
 }
 
-func (e *pairEnv) watchSplitBrain(ctx context.Context) *splitBrainWatch {
-	w := &splitBrainWatch{}
+const probeTable = "edgepair_qemu_probes"
+
+func (e *pairEnv) watchSplitBrain(ctx context.Context, w *writer) *splitBrainWatch {
+	sb := &splitBrainWatch{}
+	var next atomic.Int64
 	go func() {
 		for ctx.Err() == nil {
-			var writable []string
+			var wg sync.WaitGroup
 			for _, n := range e.nodes {
-				sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				s, err := e.status(sctx, n.ip)
-				cancel()
-				if err == nil && s.Role == "primary" && s.Postgres.Up && !s.Postgres.InRecovery {
-					writable = append(writable, n.name)
-				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					id := next.Add(1)
+					node, err := probeWrite(ctx, w, n.ip, id)
+					if ctx.Err() != nil {
+						return
+					}
+					pw := report.Write{ID: id, At: time.Now(), OK: err == nil, Node: node}
+					if err != nil {
+						pw.Err = err.Error()
+					}
+					sb.probes.Add(pw)
+				}()
 			}
-			w.mu.Lock()
-			w.samples++
-			if len(writable) > 1 {
-				w.violations = append(w.violations, time.Now().UTC().Format("15:04:05.000")+": both "+strings.Join(writable, " and ")+" report a writable primary")
-			}
-			w.mu.Unlock()
+			wg.Wait()
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
 			}
 		}
 	}()
-	return w
+	return sb
 }
 
-func (w *splitBrainWatch) result() (int, []string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.samples, append([]string(nil), w.violations...)
+// probeWrite commits one probe row on the node at ip and returns the node
+// (cluster_name) that acknowledged it.
+func probeWrite(ctx context.Context, w *writer, ip string, id int64) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := w.connectTo(ctx, ip)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close(context.Background())
+	var node string
+	err = c.QueryRow(ctx, `INSERT INTO `+probeTable+` (id, node) VALUES ($1, current_setting('cluster_name')) RETURNING node`, id).Scan(&node)
+	return node, err
+}
+
+// since returns the probes acknowledged from t on and every moment in them
+// when a node acknowledged a write after the other had taken over.
+func (sb *splitBrainWatch) since(t time.Time) (acked int, violations []string) {
+	var ws []report.Write
+	for _, w := range sb.probes.Snapshot() {
+		if !w.At.Before(t) {
+			ws = append(ws, w)
+		}
+	}
+	sort.SliceStable(ws, func(i, j int) bool { return ws[i].At.Before(ws[j].At) })
+	return len(report.Acked(ws)), report.Interleavings(ws, 2*time.Minute)
 }
 
 // k3sEndpoint reads the datastore endpoint the agent wrote for k3s on n.

@@ -31,10 +31,17 @@ type writer struct {
 
 const writerTable = "edgepair_qemu_writes"
 
-func (w *writer) connect(ctx context.Context) (*pgx.Conn, error) {
+func (w *writer) connect(ctx context.Context) (*pgx.Conn, error) { return w.connectTo(ctx, "") }
+
+// connectTo connects with the endpoint's credentials to host instead of the
+// endpoint's host (the VIP) when host is set.
+func (w *writer) connectTo(ctx context.Context, host string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(w.endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("datastore endpoint: %w", err)
+	}
+	if host != "" {
+		cfg.Host, cfg.Fallbacks = host, nil
 	}
 	cfg.ConnectTimeout = 3 * time.Second
 	dial := netlab.Dialer(w.ns)
@@ -48,8 +55,12 @@ func (w *writer) setup(ctx context.Context) error {
 		return err
 	}
 	defer c.Close(ctx)
-	_, err = c.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+writerTable+` (id bigint PRIMARY KEY, node text NOT NULL, at timestamptz NOT NULL DEFAULT now())`)
-	return err
+	for _, tbl := range []string{writerTable, probeTable} {
+		if _, err := c.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+tbl+` (id bigint PRIMARY KEY, node text NOT NULL, at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (w *writer) start(ctx context.Context) {

@@ -99,6 +99,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 
 	var pgSvc pg.Service
 	var kaSvc, k3sSvc services.Unit
+	startPermit := ""
 	switch o.Services {
 	case ModeSystemd:
 		sd, err := services.NewSystemd(ctx)
@@ -107,6 +108,8 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		}
 		defer sd.Close()
 		pgSvc, kaSvc, k3sSvc = sd.Unit("edgepair-postgres.service"), sd.Unit("keepalived.service"), sd.Unit("k3s.service")
+		// edgepair-postgres.service asserts this file (see pg.Config).
+		startPermit = filepath.Join(o.RunDir, "postgres.start-permit")
 	case ModeExec:
 		pgSvc = &services.PgCtl{Bin: o.PGBin, PGData: o.PGData, LogFile: o.PGLog, OSUser: o.OSUser}
 		kaSvc = &services.Daemon{Name: "keepalived", Bin: o.KeepalivedBin,
@@ -130,7 +133,9 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		Bin: o.PGBin, PGData: o.PGData, SocketDir: o.PGSocketDir, Port: p.PGPort, OSUser: o.OSUser,
 		Self: p.Self.Name, Peer: p.Peer.Name, PeerHost: p.ReplicationHost(), PeerAddrs: p.PeerAddrs(),
 		K3sNets: k3sNets, ReplPass: p.Cfg.Secrets.ReplicationPassword, K3sPass: k3sPass,
+		StartPermit: startPermit,
 	}, pgSvc, log.With("component", "postgres"))
+	db.ClearStartPermit() // left by an agent that died while starting it
 
 	// ARP from this node names the node address, never the VIP (the VIP
 	// ownership check depends on the gateway's entry for the VIP moving only

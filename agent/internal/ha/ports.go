@@ -26,7 +26,7 @@ type Replica struct {
 
 // PGStatus is what the agent learns from the local PostgreSQL in one query.
 type PGStatus struct {
-	Up         bool // connected and answered
+	Up bool // connected and answered
 	// Stalled: not Up because the check timed out (the server may be
 	// alive but slow), as opposed to refused or gone.
 	Stalled    bool

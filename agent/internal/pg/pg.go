@@ -59,6 +59,12 @@ type Config struct {
 	K3sNets   []netip.Prefix // allowed to use the k3s database
 	ReplPass  string
 	K3sPass   string
+	// StartPermit, if set, is a file that exists only while the agent
+	// itself starts PostgreSQL: the service unit asserts it
+	// (AssertPathExists), so nobody else can start the server while the
+	// agent fences it or rewinds its data directory, when a start would
+	// bring an old primary back read-write.
+	StartPermit string
 }
 
 // Local implements ha.Database.
@@ -415,6 +421,12 @@ func (l *Local) StartStandby(ctx context.Context) error {
 }
 
 func (l *Local) start(ctx context.Context) error {
+	if l.cfg.StartPermit != "" {
+		if err := os.WriteFile(l.cfg.StartPermit, []byte("edgepair-agent is starting PostgreSQL\n"), 0o600); err != nil {
+			return fmt.Errorf("start permit: %w", err)
+		}
+		defer l.ClearStartPermit()
+	}
 	if err := l.svc.Start(ctx); err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -432,6 +444,17 @@ func (l *Local) start(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// ClearStartPermit removes the start permit (a stale one after a crash of
+// the agent would let anyone start the server).
+func (l *Local) ClearStartPermit() {
+	if l.cfg.StartPermit == "" {
+		return
+	}
+	if err := os.Remove(l.cfg.StartPermit); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.log.Warn("could not remove the PostgreSQL start permit", "path", l.cfg.StartPermit, "err", err)
 	}
 }
 

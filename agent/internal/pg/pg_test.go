@@ -1,7 +1,11 @@
 package pg
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 )
@@ -66,5 +70,45 @@ func TestNotConnected(t *testing.T) {
 		if got := notConnected(errors.New(c.msg)); got != c.want {
 			t.Errorf("notConnected(%q) = %v, want %v", c.msg, got, c.want)
 		}
+	}
+}
+
+// permitService records whether the start permit existed when it was asked
+// to start, and fails the start (no server here).
+type permitService struct {
+	permit  string
+	existed bool
+}
+
+func (s *permitService) Start(context.Context) error {
+	_, err := os.Stat(s.permit)
+	s.existed = err == nil
+	return errors.New("no server in this test")
+}
+func (s *permitService) Stop(context.Context) error { return nil }
+func (s *permitService) Kill(context.Context) error { return nil }
+
+// The start permit exists only while the agent starts the server, also when
+// the start fails, and a stale one is cleared.
+func TestStartPermit(t *testing.T) {
+	d := t.TempDir()
+	permit := filepath.Join(d, "postgres.start-permit")
+	svc := &permitService{permit: permit}
+	l := New(Config{PGData: filepath.Join(d, "pgdata"), StartPermit: permit}, svc, slog.New(slog.DiscardHandler))
+	if err := l.start(context.Background()); err == nil {
+		t.Fatal("start succeeded with a failing service")
+	}
+	if !svc.existed {
+		t.Error("the permit did not exist while the service was started")
+	}
+	if _, err := os.Stat(permit); !os.IsNotExist(err) {
+		t.Errorf("permit left after the start: %v", err)
+	}
+	if err := os.WriteFile(permit, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.ClearStartPermit()
+	if _, err := os.Stat(permit); !os.IsNotExist(err) {
+		t.Errorf("stale permit not cleared: %v", err)
 	}
 }

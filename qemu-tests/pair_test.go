@@ -4,6 +4,7 @@ package qemutests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,6 +94,13 @@ func TestPair(t *testing.T) {
 	sc.w.start(wctx)
 	sc.sb = e.watchSplitBrain(wctx, sc.w)
 	defer sc.w.stop()
+	defer func() { // every attempt, for reading a gap against the journals
+		for name, ws := range map[string][]report.Write{"writes-vip.json": sc.w.log.Snapshot(), "writes-probes.json": sc.sb.probes.Snapshot()} {
+			if b, err := json.MarshalIndent(ws, "", " "); err == nil {
+				_ = os.WriteFile(filepath.Join(runDir, name), b, 0o644)
+			}
+		}
+	}()
 
 	want := os.Getenv("EDGEPAIR_PAIR_SCENARIOS")
 	for _, s := range []struct {
@@ -370,6 +378,7 @@ func (sc *scenarios) powerOffPrimary(t *testing.T, ctx context.Context, res *rep
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.saveJournal(ctx, p, "journal-before-b.txt")
 	t0 := time.Now()
 	if err := p.m.PowerOff(ctx); err != nil {
 		t.Fatal(err)
@@ -415,6 +424,7 @@ func (sc *scenarios) rebootStandby(t *testing.T, ctx context.Context, res *repor
 		// Under TCG (QEMU 7.2) OVMF can stall for many minutes after the warm
 		// reset of `systemctl reboot`: a clean ACPI shutdown and a new power-on
 		// is the same for the pair (units stopped in order, a fresh boot).
+		e.saveJournal(ctx, s, "journal-before-c.txt")
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		err := s.m.Shutdown(sctx)
 		cancel()
@@ -492,6 +502,9 @@ func (sc *scenarios) bothOffOn(t *testing.T, ctx context.Context, res *report.Re
 	e := sc.e
 	if _, _, err := e.waitHealthy(ctx, recoverTimeout); err != nil {
 		t.Fatal(err)
+	}
+	for _, n := range e.nodes {
+		e.saveJournal(ctx, n, "journal-before-e.txt")
 	}
 	t0 := time.Now()
 	var wg sync.WaitGroup

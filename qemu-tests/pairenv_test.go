@@ -300,6 +300,10 @@ func newPair(t *testing.T, ctx context.Context, runDir, img, control string) *pa
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			if m.Running() {
+				// After a power-on the test shell may not be connected yet.
+				if err := m.WaitExecReady(sctx); err != nil {
+					t.Logf("%s: test shell: %v", n.name, err)
+				}
 				if _, err := m.JournalExtract(sctx); err != nil {
 					t.Logf("%s: journal not saved: %v", n.name, err)
 				}
@@ -319,6 +323,16 @@ func newPair(t *testing.T, ctx context.Context, runDir, img, control string) *pa
 		})
 	}
 	return e
+}
+
+// saveJournal keeps n's journal of this boot (volatile: lost at a power-off)
+// in its machine folder before a scenario powers it off; best effort.
+func (e *pairEnv) saveJournal(ctx context.Context, n *node, name string) {
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := n.m.SaveJournal(sctx, name); err != nil {
+		e.t.Logf("%s: journal before the power-off not saved: %v", n.name, err)
+	}
 }
 
 // agentStatus is the part of the agent's /status the tests read.

@@ -305,13 +305,7 @@ func (sc *scenarios) pgStop(t *testing.T, ctx context.Context, res *report.Resul
 		time.Sleep(2 * time.Second)
 	}
 	// ...and rejoins as the synchronous standby by itself.
-	np, ns, err := e.waitHealthy(ctx, recoverTimeout)
-	if err != nil {
-		t.Fatalf("old primary did not rejoin: %v", err)
-	}
-	if np != s || ns != p {
-		t.Fatalf("after rejoin primary=%s standby=%s, want %s and %s", np.name, ns.name, s.name, p.name)
-	}
+	e.expectPair(t, ctx, s, p, "after the old primary's PostgreSQL start")
 	note(res, "rejoin %.0fs after PG start", time.Since(tr).Seconds())
 
 	// Scale to 5 on the new primary, read 5 from the old node.
@@ -390,13 +384,7 @@ func (sc *scenarios) powerOffPrimary(t *testing.T, ctx context.Context, res *rep
 	if err := p.m.WaitExecReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	np, ns, err := e.waitHealthy(ctx, recoverTimeout)
-	if err != nil {
-		t.Fatalf("powered-on old primary did not rejoin: %v", err)
-	}
-	if np != s || ns != p {
-		t.Fatalf("after power-on primary=%s standby=%s, want %s and %s", np.name, ns.name, s.name, p.name)
-	}
+	e.expectPair(t, ctx, s, p, "after the old primary's power-on")
 	note(res, "rejoin %.0fs after power-on", time.Since(tr).Seconds())
 	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
 }
@@ -443,13 +431,7 @@ func (sc *scenarios) rebootStandby(t *testing.T, ctx context.Context, res *repor
 	}); err != nil {
 		t.Fatal(err)
 	}
-	np, ns, err := e.waitHealthy(ctx, recoverTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if np != p || ns != s {
-		t.Fatalf("after the standby's reboot primary=%s standby=%s, want %s and %s", np.name, ns.name, p.name, s.name)
-	}
+	e.expectPair(t, ctx, p, s, "after the standby's reboot")
 	note(res, "standby back %.0fs after reboot", time.Since(t0).Seconds())
 	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
 }

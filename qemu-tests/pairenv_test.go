@@ -430,6 +430,19 @@ func (e *pairEnv) waitHealthy(ctx context.Context, timeout time.Duration) (prima
 	return primary, standby, err
 }
 
+// expectPair waits for a healthy pair and fails t unless primary and standby
+// are the nodes given.
+func (e *pairEnv) expectPair(t *testing.T, ctx context.Context, primary, standby *node, when string) {
+	t.Helper()
+	p, s, err := e.waitHealthy(ctx, recoverTimeout)
+	if err != nil {
+		t.Fatalf("%s: %v", when, err)
+	}
+	if p != primary || s != standby {
+		t.Fatalf("%s: primary=%s standby=%s, want %s and %s", when, p.name, s.name, primary.name, standby.name)
+	}
+}
+
 // vipHolderFromClient asks the agent answering on the VIP which node it is.
 func (e *pairEnv) vipHolderFromClient(ctx context.Context) (string, error) {
 	s, err := e.status(ctx, vipAddr)

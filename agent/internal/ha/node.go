@@ -91,7 +91,10 @@ type Node struct {
 	peerAt      time.Time
 	pg          PGStatus
 	pgDownSince time.Time
-	lastPGStart time.Time
+	// pgStallSince: a primary's health checks time out since then (see
+	// StallTolerance).
+	pgStallSince time.Time
+	lastPGStart  time.Time
 
 	// primary
 	syncOn        bool
@@ -665,23 +668,30 @@ func (n *Node) finishRejoin(ctx context.Context) {
 func (n *Node) tickPrimary(ctx context.Context, now time.Time, fresh bool) {
 	s := n.unlockedStatus(ctx)
 	now = n.d.Clock.Now()
+	if !s.Up && s.Stalled && n.pg.Up {
+		// Slow is not failed: the last check answered and this one only
+		// timed out. Keep the last answer (role, VIP) for StallTolerance: a
+		// handover would stop a server that still commits, dropping the VIP
+		// would turn slowness into an outage, and a loaded machine would flap.
+		if n.pgStallSince.IsZero() {
+			n.pgStallSince = now
+		}
+		if now.Sub(n.pgStallSince) < StallTolerance {
+			n.logEvery(now, "pg-stalled", 2*time.Second, "PostgreSQL does not answer the health check in time; not failing over yet",
+				"for", now.Sub(n.pgStallSince).String(), "tolerance", StallTolerance.String())
+			return
+		}
+	}
 	n.pg = s
 	if !s.Up {
 		if n.pgDownSince.IsZero() {
 			n.pgDownSince = now
 			return // confirm on the next tick
 		}
-		if s.Stalled && now.Sub(n.pgDownSince) < StallTolerance {
-			// Slow is not failed: a handover would stop a server that
-			// still commits (and a loaded machine would flap).
-			n.logEvery(now, "pg-stalled", 2*time.Second, "PostgreSQL does not answer the health check in time; not failing over yet",
-				"for", now.Sub(n.pgDownSince).String(), "tolerance", StallTolerance.String())
-			return
-		}
 		n.primaryDown(ctx, now, fresh)
 		return
 	}
-	n.pgDownSince = time.Time{}
+	n.pgDownSince, n.pgStallSince = time.Time{}, time.Time{}
 	if s.InRecovery {
 		// Promotion did not finish (or was interrupted): finish it.
 		n.logEvery(now, "promote-again", 2*time.Second, "primary role but PostgreSQL is in recovery; promoting")

@@ -357,6 +357,9 @@ func TestPrimaryPGStallToleratedThenHandsOver(t *testing.T) {
 	if p.a.n.role != heartbeat.RolePrimary || p.b.db.has("promote") || p.a.db.has("kill") {
 		t.Fatalf("handed over on a stall of %s: a=%s b calls=%v", p.clock.Now().Sub(start), p.a.n.role, p.b.db.calls)
 	}
+	if !p.a.vip.eligible || !p.a.vip.held || p.a.vip.released != 0 {
+		t.Fatalf("the VIP was dropped during a stall: eligible=%v held=%v released=%d", p.a.vip.eligible, p.a.vip.held, p.a.vip.released)
+	}
 	// A stall that ends changes nothing.
 	p.a.db.up, p.a.db.stalled = true, false
 	p.run(time.Second)

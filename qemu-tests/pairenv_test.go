@@ -126,13 +126,22 @@ func pairImage(t *testing.T, ctx context.Context) (img, control string) {
 		}
 		return p, envOr("EDGEPAIR_PAIR_CONTROL_PLANE", "as built into "+p)
 	}
-	k3s := envOr("EDGEPAIR_K3S", filepath.Join(root, ".cache", "standin", "k3s"))
-	control = "k3s from " + k3s
-	if strings.Contains(k3s, "standin") {
-		control = "edgepair k3s stand-in (kine v0.17.5 + kube-apiserver v1.34.2), not k3s"
-	}
-	if _, err := os.Stat(k3s); err != nil {
-		t.Skipf("no control plane for the image: %s missing (build the stand-in: make standin, or set EDGEPAIR_K3S to a k3s binary)", k3s)
+	// A profile with k3s.oci (an image reference pinned by sha256) or
+	// k3s.file brings the real k3s; otherwise EDGEPAIR_K3S or the stand-in.
+	profile := envOr("EDGEPAIR_PAIR_PROFILE", "profiles/debian-12.yaml")
+	args := []string{"build", "--profile", profile}
+	if os.Getenv("EDGEPAIR_PAIR_PROFILE") != "" && os.Getenv("EDGEPAIR_K3S") == "" {
+		control = "k3s as " + profile + " specifies"
+	} else {
+		k3s := envOr("EDGEPAIR_K3S", filepath.Join(root, ".cache", "standin", "k3s"))
+		control = "k3s from " + k3s
+		if strings.Contains(k3s, "standin") {
+			control = "edgepair k3s stand-in (kine v0.17.5 + kube-apiserver v1.34.2), not k3s"
+		}
+		if _, err := os.Stat(k3s); err != nil {
+			t.Skipf("no control plane for the image: %s missing (build the stand-in: make standin, set EDGEPAIR_K3S to a k3s binary, or EDGEPAIR_PAIR_PROFILE to a profile with k3s.oci)", k3s)
+		}
+		args = append(args, "--k3s", k3s)
 	}
 	out := filepath.Join(root, ".cache", "qemu-pair", "image")
 	img = filepath.Join(out, "edgepair-debian-12.qcow2")
@@ -140,7 +149,7 @@ func pairImage(t *testing.T, ctx context.Context) (img, control string) {
 	if _, err := os.Stat(builder); err != nil {
 		t.Skipf("image not built and %s missing (make build)", builder)
 	}
-	cmd := exec.CommandContext(ctx, builder, "build", "--profile", "profiles/debian-12.yaml", "--k3s", k3s, "--output", out, "--formats", "qcow2")
+	cmd := exec.CommandContext(ctx, builder, append(args, "--output", out, "--formats", "qcow2")...)
 	cmd.Dir = root
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)

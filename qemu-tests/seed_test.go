@@ -166,14 +166,21 @@ func bootAndWait(t *testing.T, ctx context.Context, m *harness.Machine, withSeed
 		t.Fatalf("%s: %v\nconsole tail:\n%s", m.Name(), err, con)
 	}
 	b.toShell = time.Since(t0)
-	out, _, err := m.Exec(ctx, "systemctl is-system-running --wait")
+	// Bounded: a start job that never finishes would otherwise hold the
+	// test until its overall deadline without saying which one.
+	rctx, rcancel := context.WithTimeout(ctx, 6*time.Minute)
+	out, _, err := m.Exec(rctx, "timeout 300 systemctl is-system-running --wait")
+	rcancel()
 	if err != nil {
 		t.Fatalf("%s: is-system-running: %v", m.Name(), err)
 	}
 	b.toReady = time.Since(t0)
 	if st := strings.TrimSpace(out); st != "running" {
-		failed, _, _ := m.Exec(ctx, "systemctl --failed --no-legend --plain")
-		t.Logf("%s: system state %q; failed units:\n%s", m.Name(), st, failed)
+		diag, _, _ := m.Exec(ctx, "systemctl --failed --no-legend --plain; echo '-- jobs:'; systemctl list-jobs --no-legend; echo '-- journal tail:'; journalctl -b --no-pager -n 60")
+		t.Logf("%s: system state %q after %s; failed units, pending jobs, journal tail:\n%s", m.Name(), st, b.toReady.Round(time.Second), diag)
+		if _, err := m.SaveJournal(ctx, "journal.txt"); err != nil {
+			t.Logf("%s: journal not saved: %v", m.Name(), err)
+		}
 	}
 	if withSeed {
 		if out, code, err := m.Exec(ctx, "cloud-init status --wait --long"); err != nil || code != 0 {
@@ -221,22 +228,46 @@ func rebootAndWait(t *testing.T, ctx context.Context, m *harness.Machine) seedBo
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, bootLimit())
-	defer cancel()
-	for {
-		sctx, scancel := context.WithTimeout(wctx, 10*time.Second)
-		id, err := m.ExecOK(sctx, "cat /proc/sys/kernel/random/boot_id")
-		scancel()
-		if err == nil && id != old {
-			break
+	waitNewBoot := func() error {
+		wctx, cancel := context.WithTimeout(ctx, bootLimit())
+		defer cancel()
+		for {
+			sctx, scancel := context.WithTimeout(wctx, 10*time.Second)
+			id, err := m.ExecOK(sctx, "cat /proc/sys/kernel/random/boot_id")
+			scancel()
+			if err == nil && id != old {
+				return nil
+			}
+			if wctx.Err() != nil {
+				return fmt.Errorf("no new boot with a test shell within %s after the power cycle (last: %v)", bootLimit(), err)
+			}
+			time.Sleep(time.Second)
 		}
-		if wctx.Err() != nil {
-			t.Fatalf("%s: no new boot with a test shell within %s after reboot (last: %v)", m.Name(), bootLimit(), err)
+	}
+	if err := waitNewBoot(); err != nil {
+		// Seen once in 4 runs under TCG: no answer at all after the power
+		// cycle. Kept visible (logged with the console tail, artifacts kept)
+		// and retried once with a hard power cycle; a second miss fails.
+		con, _ := m.Console()
+		if len(con) > 2000 {
+			con = con[len(con)-2000:]
 		}
-		time.Sleep(time.Second)
+		t.Logf("WARNING %s: %v; console tail:\n%s\nretrying once with a hard power cycle", m.Name(), err, con)
+		if err := m.PowerOff(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t0 = time.Now()
+		if err := m.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitNewBoot(); err != nil {
+			t.Fatalf("%s: %v (after a retry)", m.Name(), err)
+		}
 	}
 	b.toShell = time.Since(t0)
-	out, _, err := m.Exec(ctx, "systemctl is-system-running --wait")
+	rctx, rcancel := context.WithTimeout(ctx, 6*time.Minute)
+	out, _, err := m.Exec(rctx, "timeout 300 systemctl is-system-running --wait")
+	rcancel()
 	if err != nil {
 		t.Fatalf("%s: is-system-running: %v", m.Name(), err)
 	}
@@ -267,7 +298,15 @@ func TestSeedBoot(t *testing.T) {
 	defer cancel()
 	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
 	if dir == "" {
-		dir = t.TempDir()
+		// Kept like every QEMU test's artifacts (console, command line), so
+		// a failed boot can be read afterwards.
+		root, err := filepath.Abs("..")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dir, err = harness.NewRunDir(filepath.Join(root, "artifacts"), "seed", time.Now()); err != nil {
+			t.Fatal(err)
+		}
 	} else {
 		dir = filepath.Join(dir, "seed")
 		if err := os.MkdirAll(dir, 0o755); err != nil {

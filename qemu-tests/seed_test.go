@@ -162,26 +162,10 @@ func bootAndWait(t *testing.T, ctx context.Context, m *harness.Machine, withSeed
 		return m.WaitExecReady(wctx)
 	}
 	if err := wait(); err != nil {
-		con, _ := m.Console()
-		if len(con) > 3000 {
-			con = con[len(con)-3000:]
-		}
 		// Seen under TCG in CI rehearsals: the guest finished booting (the
-		// console shows it) but the test shell never answered. Not silent:
-		// logged as a WARNING with the console tail; retried once with a hard
-		// power cycle (cloud-init has then run already; the checks after this
-		// hold either way); a second miss fails.
-		t.Logf("WARNING %s: no test shell within %s: %v\nconsole tail:\n%s\nretrying once with a hard power cycle", m.Name(), bootLimit(), err, con)
-		if err := m.PowerOff(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t0 = time.Now()
-		if err := m.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := wait(); err != nil {
-			t.Fatalf("%s: no test shell after a retry: %v", m.Name(), err)
-		}
+		// console shows it) but the test shell never answered. Cloud-init
+		// has then run already; the checks after this hold either way.
+		t0 = retryPowerCycle(t, ctx, m, fmt.Errorf("no test shell within %s: %w", bootLimit(), err), wait)
 	}
 	b.toShell = time.Since(t0)
 	// Bounded: a start job that never finishes would otherwise hold the
@@ -224,6 +208,30 @@ func stopVM(t *testing.T, ctx context.Context, m *harness.Machine) {
 	}
 }
 
+// retryPowerCycle handles a boot whose test shell never answered (err):
+// not silently, but logged as a WARNING with the console tail (artifacts
+// kept), then retried once with a hard power cycle; a second miss (wait
+// failing again) fails t. It returns the new power-on time.
+func retryPowerCycle(t *testing.T, ctx context.Context, m *harness.Machine, err error, wait func() error) time.Time {
+	t.Helper()
+	con, _ := m.Console()
+	if len(con) > 3000 {
+		con = con[len(con)-3000:]
+	}
+	t.Logf("WARNING %s: %v\nconsole tail:\n%s\nretrying once with a hard power cycle", m.Name(), err, con)
+	if err := m.PowerOff(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("%s: %v (after a retry)", m.Name(), err)
+	}
+	return t0
+}
+
 // rebootAndWait power-cycles m cleanly (ACPI shutdown, QEMU exits, a new
 // QEMU boots the same disk and UEFI variables) and waits as bootAndWait
 // does; times count from the power-on. Not `systemctl reboot`: under TCG
@@ -263,24 +271,8 @@ func rebootAndWait(t *testing.T, ctx context.Context, m *harness.Machine) seedBo
 		}
 	}
 	if err := waitNewBoot(); err != nil {
-		// Seen once in 4 runs under TCG: no answer at all after the power
-		// cycle. Kept visible (logged with the console tail, artifacts kept)
-		// and retried once with a hard power cycle; a second miss fails.
-		con, _ := m.Console()
-		if len(con) > 2000 {
-			con = con[len(con)-2000:]
-		}
-		t.Logf("WARNING %s: %v; console tail:\n%s\nretrying once with a hard power cycle", m.Name(), err, con)
-		if err := m.PowerOff(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t0 = time.Now()
-		if err := m.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := waitNewBoot(); err != nil {
-			t.Fatalf("%s: %v (after a retry)", m.Name(), err)
-		}
+		// Seen once in 4 runs under TCG: no answer at all after the power cycle.
+		t0 = retryPowerCycle(t, ctx, m, err, waitNewBoot)
 	}
 	b.toShell = time.Since(t0)
 	rctx, rcancel := context.WithTimeout(ctx, 6*time.Minute)

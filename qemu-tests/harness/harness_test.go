@@ -341,3 +341,20 @@ func TestNewRunDir(t *testing.T) {
 		t.Fatalf("latest -> %q (%v), runs %s %s", target, err, d1, d2)
 	}
 }
+
+func TestPortState(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "qtree-vserport.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := portState(string(b), TestShellPort)
+	if err != nil || got != "port 1, guest on, host off, throttle off" {
+		t.Errorf("portState = %q, %v", got, err)
+	}
+	if _, err := portState(string(b), "org.example.other"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("unknown port: err = %v, want not found", err)
+	}
+	if _, err := portState(`name = "`+TestShellPort+`"`, TestShellPort); err == nil || !strings.Contains(err.Error(), "no state line") {
+		t.Errorf("name without state line: err = %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -530,7 +531,7 @@ func (m *Machine) ExecOK(ctx context.Context, cmd string) (string, error) {
 // udev to start edgepair-testshell.service).
 func (m *Machine) WaitExecReady(ctx context.Context) error {
 	if err := m.shell.WaitReady(ctx); err != nil {
-		return fmt.Errorf("machine %s: test shell not ready: %w", m.cfg.Name, err)
+		return fmt.Errorf("machine %s: test shell not ready: %w [%s]", m.cfg.Name, err, m.portStateNote())
 	}
 	return nil
 }
@@ -576,4 +577,51 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// portStateNote is TestShellPortState for an error message (QMP gets its own short
+// deadline: the caller's context has usually just ended).
+func (m *Machine) portStateNote() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := m.TestShellPortState(ctx)
+	if err != nil {
+		return "virtio port state unknown: " + err.Error()
+	}
+	return "virtio port: " + st
+}
+
+// TestShellPortState reports QEMU's view of the test shell's virtio-serial port, the
+// "port N, guest on|off, host on|off, throttle on|off" line of `info qtree`: whether
+// the guest has the port open, whether a host client is connected, and whether QEMU
+// stopped forwarding the guest's output. It is what tells a guest that never opened
+// the port apart from a stalled channel when the test shell stays silent.
+func (m *Machine) TestShellPortState(ctx context.Context) (string, error) {
+	raw, err := m.QMP(ctx, "human-monitor-command", map[string]string{"command-line": "info qtree"})
+	if err != nil {
+		return "", err
+	}
+	var tree string
+	if err := json.Unmarshal(raw, &tree); err != nil {
+		return "", fmt.Errorf("machine %s: info qtree: %w", m.cfg.Name, err)
+	}
+	return portState(tree, TestShellPort)
+}
+
+// portState finds the state line of the virtio-serial port named name in an
+// `info qtree` dump.
+func portState(tree, name string) (string, error) {
+	lines := strings.Split(tree, "\n")
+	for i, l := range lines {
+		if !strings.Contains(l, `name = "`+name+`"`) {
+			continue
+		}
+		for _, s := range lines[i+1 : min(i+4, len(lines))] {
+			if s = strings.TrimSpace(s); strings.HasPrefix(s, "port ") && strings.Contains(s, "guest ") {
+				return s, nil
+			}
+		}
+		return "", fmt.Errorf("port %s: no state line after its name in info qtree", name)
+	}
+	return "", fmt.Errorf("port %s not found in info qtree", name)
 }

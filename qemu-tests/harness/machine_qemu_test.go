@@ -4,6 +4,7 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,4 +160,103 @@ func rebootStep(t *testing.T, ctx context.Context, m *Machine, boot1 string) {
 		time.Sleep(time.Second)
 	}
 	t.Logf("clean reboot to test shell: %s", time.Since(t1).Round(100*time.Millisecond))
+}
+
+// TestShellChurn boots the image once and runs commands through the test shell with
+// deadlines that often end before the command does, so the harness keeps hanging up
+// and redialling while the guest shell is reading, running or writing. After every
+// abandoned command a plain command must answer within a minute: a channel that
+// stays silent fails the test with QEMU's view of the port. Between commands it also
+// hangs up while the guest shell is idle and dials again after a pause. EDGEPAIR_SHELL_CHURN sets
+// how long to churn (a Go duration, default 2m).
+func TestShellChurn(t *testing.T) {
+	img := os.Getenv("EDGEPAIR_IMAGE")
+	if img == "" {
+		img = filepath.Join("..", "..", "dist", "edgepair-debian-12.qcow2")
+	}
+	if _, err := os.Stat(img); err != nil {
+		t.Skipf("no image to boot (%v): run make image or set EDGEPAIR_IMAGE", err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (make deps)")
+	}
+	churn := 2 * time.Minute
+	if v := os.Getenv("EDGEPAIR_SHELL_CHURN"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("EDGEPAIR_SHELL_CHURN=%q: want a positive Go duration such as 10m", v)
+		}
+		churn = d
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), churn+15*time.Minute)
+	defer cancel()
+	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	m, err := New(ctx, Config{Name: "shell-churn", Dir: filepath.Join(dir, "shell-churn"), BaseDisk: img, DiskSize: "4G",
+		NICs: []NIC{{User: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Boot with short probes, as the pair and seed tests do: each unanswered probe
+	// hangs up while the guest is starting the shell.
+	if err := m.WaitExecReady(ctx); err != nil {
+		con, _ := m.Console()
+		t.Fatalf("%v\nconsole tail: %s", err, tail(con, 2000))
+	}
+	st, err := m.TestShellPortState(ctx)
+	if err != nil {
+		t.Fatalf("port state: %v", err)
+	}
+	if !strings.Contains(st, "guest on") || !strings.Contains(st, "host on") {
+		t.Errorf("port state with an answering shell = %q, want guest on and host on", st)
+	}
+	t.Logf("port state: %s", st)
+
+	end := time.Now().Add(churn)
+	var abandoned, answered, hangups int
+	for i := 0; time.Now().Before(end); i++ {
+		// Hang up while the guest shell is idle in its read, then dial again after
+		// 0 to 1.5 s, as WaitReady does between probes while the guest boots.
+		m.Shell().Reset()
+		hangups++
+		time.Sleep(time.Duration((i*173)%1500) * time.Millisecond)
+		hctx, hcancel := context.WithTimeout(ctx, time.Minute)
+		out, err := m.ExecOK(hctx, "echo alive")
+		hcancel()
+		if err != nil || out != "alive\n" {
+			t.Fatalf("after %d idle hang-ups, %d abandoned and %d answered commands, the shell is silent (%q, %v) [%s]", hangups, abandoned, answered, out, err, m.portStateNote())
+		}
+		// Deadlines from 20 ms to 2.5 s against commands of 0 to 1.5 s that write
+		// up to 64 KiB, so hang-ups land before, during and after the answer.
+		limit := time.Duration(20+(i*137)%2480) * time.Millisecond
+		sleep := float64((i*53)%16) / 10
+		cctx, ccancel := context.WithTimeout(ctx, limit)
+		_, _, err = m.Exec(cctx, fmt.Sprintf("sleep %.1f; head -c %d /dev/zero | tr '\\0' x", sleep, (i*4099)%65536))
+		ccancel()
+		if err == nil {
+			answered++
+			continue
+		}
+		abandoned++
+		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+		out, err = m.ExecOK(rctx, "echo alive")
+		rcancel()
+		if err != nil || out != "alive\n" {
+			t.Fatalf("after %d abandoned and %d answered commands, the shell is silent (%q, %v) [%s]", abandoned, answered, out, err, m.portStateNote())
+		}
+	}
+	t.Logf("%s of churn: %d commands answered, %d abandoned, %d idle hang-ups; the shell answered after every hang-up", churn, answered, abandoned, hangups)
+	if abandoned == 0 || answered == 0 {
+		t.Errorf("churn exercised %d abandoned and %d answered commands, want both", abandoned, answered)
+	}
 }

@@ -194,6 +194,18 @@ func note(res *report.Result, format string, args ...any) {
 	res.Notes += fmt.Sprintf(format, args...)
 }
 
+// recordGap sets res's write-unavailability window from t0 to now, keeps what the
+// writer was told inside it (summary JSON), and names it in the notes when it is
+// long enough to need explaining.
+func (sc *scenarios) recordGap(res *report.Result, t0 time.Time) {
+	g := report.LongestGap(sc.w.log.Snapshot(), t0, time.Now())
+	res.WriteUnavailSecs = g.Length().Seconds()
+	res.LongestGap = &g
+	if g.Length() >= 15*time.Second {
+		note(res, "%s", g.Explain())
+	}
+}
+
 // firstBoot (scenario f): two blank VMs boot with their seeds and become a ready
 // pair with the API answering through the VIP, without any operator step.
 func (sc *scenarios) firstBoot(t *testing.T, ctx context.Context, res *report.Result) {
@@ -321,7 +333,7 @@ func (sc *scenarios) pgStop(t *testing.T, ctx context.Context, res *report.Resul
 	}); err != nil {
 		t.Fatal(err)
 	}
-	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
+	sc.recordGap(res, t0)
 }
 
 // waitTakeover waits until newP holds the VIP (client view and ip addr in both VMs)
@@ -386,7 +398,7 @@ func (sc *scenarios) powerOffPrimary(t *testing.T, ctx context.Context, res *rep
 	}
 	e.expectPair(t, ctx, s, p, "after the old primary's power-on")
 	note(res, "rejoin %.0fs after power-on", time.Since(tr).Seconds())
-	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
+	sc.recordGap(res, t0)
 }
 
 // rebootStandby (scenario c): clean reboot of the standby; the primary keeps
@@ -433,7 +445,7 @@ func (sc *scenarios) rebootStandby(t *testing.T, ctx context.Context, res *repor
 	}
 	e.expectPair(t, ctx, p, s, "after the standby's reboot")
 	note(res, "standby back %.0fs after reboot", time.Since(t0).Seconds())
-	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
+	sc.recordGap(res, t0)
 }
 
 // partition (scenario d): the VMs cannot reach each other while both still reach
@@ -475,7 +487,7 @@ func (sc *scenarios) partition(t *testing.T, ctx context.Context, res *report.Re
 		t.Fatalf("pair not healthy after healing the partition: %v", err)
 	}
 	note(res, "healthy %.0fs after healing", time.Since(th).Seconds())
-	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
+	sc.recordGap(res, t0)
 }
 
 // bothOffOn (scenario e): both VMs powered off at once and on again together.
@@ -519,5 +531,5 @@ func (sc *scenarios) bothOffOn(t *testing.T, ctx context.Context, res *report.Re
 	}); err != nil {
 		t.Fatal(err)
 	}
-	res.WriteUnavailSecs = report.MaxGap(sc.w.log.Snapshot(), t0, time.Now()).Seconds()
+	sc.recordGap(res, t0)
 }

@@ -75,21 +75,78 @@ func Lost(ws []Write, present []int64) []int64 {
 // inside [from, to] (also counting from `from` to the first and from the last to
 // `to`): the write-unavailability window of that period.
 func MaxGap(ws []Write, from, to time.Time) time.Duration {
+	return LongestGap(ws, from, to).Length()
+}
+
+// Gap is a write-unavailability window and what the writer was told inside it.
+type Gap struct {
+	From   time.Time  `json:"from"`
+	To     time.Time  `json:"to"`
+	Errors []ErrCount `json:"errors,omitempty"` // most frequent first
+}
+
+// ErrCount is one distinct error of the failed attempts in a gap.
+type ErrCount struct {
+	Err   string    `json:"err"`
+	Count int       `json:"count"`
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
+}
+
+// Length is the gap's duration.
+func (g Gap) Length() time.Duration { return g.To.Sub(g.From) }
+
+// Explain is a short account of the gap for the summary's notes: its length and
+// the two most frequent errors (each cut to 100 bytes).
+func (g Gap) Explain() string {
+	if len(g.Errors) == 0 {
+		return fmt.Sprintf("longest gap %.1fs: no failed attempt inside it", g.Length().Seconds())
+	}
+	var parts []string
+	for _, e := range g.Errors[:min(2, len(g.Errors))] {
+		msg := e.Err
+		if len(msg) > 100 {
+			msg = msg[:100] + "…"
+		}
+		parts = append(parts, fmt.Sprintf("%d× %s", e.Count, msg))
+	}
+	return fmt.Sprintf("longest gap %.1fs: %s", g.Length().Seconds(), strings.Join(parts, " | "))
+}
+
+// LongestGap is the window MaxGap measures, with the distinct errors of the failed
+// attempts that finished inside it, so a long window explains itself (a dead
+// connection timing out, a refused connection, a commit waiting for a standby).
+func LongestGap(ws []Write, from, to time.Time) Gap {
 	prev := from
-	var max time.Duration
+	best := Gap{From: from, To: from}
 	for _, w := range ws {
 		if !w.OK || w.At.Before(from) || w.At.After(to) {
 			continue
 		}
-		if g := w.At.Sub(prev); g > max {
-			max = g
+		if w.At.Sub(prev) > best.Length() {
+			best = Gap{From: prev, To: w.At}
 		}
 		prev = w.At
 	}
-	if g := to.Sub(prev); g > max {
-		max = g
+	if to.Sub(prev) > best.Length() {
+		best = Gap{From: prev, To: to}
 	}
-	return max
+	idx := map[string]int{}
+	for _, w := range ws {
+		if w.OK || w.At.Before(best.From) || w.At.After(best.To) {
+			continue
+		}
+		i, ok := idx[w.Err]
+		if !ok {
+			i = len(best.Errors)
+			idx[w.Err] = i
+			best.Errors = append(best.Errors, ErrCount{Err: w.Err, First: w.At})
+		}
+		best.Errors[i].Count++
+		best.Errors[i].Last = w.At
+	}
+	sort.SliceStable(best.Errors, func(i, j int) bool { return best.Errors[i].Count > best.Errors[j].Count })
+	return best
 }
 
 // FirstAckAfter returns the first acknowledged write that finished after t.
@@ -142,6 +199,8 @@ type Result struct {
 	Notes             string  `json:"notes,omitempty"`
 	AcknowledgedWrite int     `json:"acknowledgedWrites,omitempty"`
 	LostWrites        int     `json:"lostWrites"`
+	// LongestGap is the write-unavailability window with what the writer was told.
+	LongestGap *Gap `json:"longestGap,omitempty"`
 }
 
 // Summary is the whole run.

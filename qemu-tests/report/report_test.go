@@ -39,6 +39,40 @@ func TestLostAndGap(t *testing.T) {
 	}
 }
 
+func TestLongestGapExplains(t *testing.T) {
+	ws := []Write{
+		{ID: 1, At: at(100), OK: true, Node: "a"},
+		{ID: 2, At: at(600), OK: false, Err: "timeout"}, // inside a shorter gap: not counted
+		{ID: 3, At: at(1000), OK: true, Node: "a"},
+		{ID: 4, At: at(2000), OK: false, Err: "timeout"},
+		{ID: 5, At: at(3000), OK: false, Err: "connection refused"},
+		{ID: 6, At: at(4000), OK: false, Err: "connection refused"},
+		{ID: 7, At: at(5000), OK: false, Err: "connection refused"},
+		{ID: 8, At: at(6000), OK: true, Node: "b"},
+	}
+	g := LongestGap(ws, at(0), at(6500))
+	if !g.From.Equal(at(1000)) || !g.To.Equal(at(6000)) {
+		t.Fatalf("gap %s..%s, want 1s..6s", g.From.Sub(t0), g.To.Sub(t0))
+	}
+	want := []ErrCount{
+		{Err: "connection refused", Count: 3, First: at(3000), Last: at(5000)},
+		{Err: "timeout", Count: 1, First: at(2000), Last: at(2000)},
+	}
+	if !slices.Equal(g.Errors, want) {
+		t.Fatalf("errors %+v, want %+v", g.Errors, want)
+	}
+	if got, w := g.Explain(), "longest gap 5.0s: 3× connection refused | 1× timeout"; got != w {
+		t.Errorf("Explain() = %q, want %q", got, w)
+	}
+	// No acknowledged write at all: the whole period is the gap.
+	if g := LongestGap(ws[3:4], at(0), at(9000)); g.Length() != 9*time.Second || len(g.Errors) != 1 {
+		t.Errorf("gap without acks: %s %+v", g.Length(), g.Errors)
+	}
+	if got := (Gap{From: at(0), To: at(1500)}).Explain(); got != "longest gap 1.5s: no failed attempt inside it" {
+		t.Errorf("quiet gap: %q", got)
+	}
+}
+
 func TestInterleavings(t *testing.T) {
 	clean := []Write{{ID: 1, At: at(0), OK: true, Node: "a"}, {ID: 2, At: at(100), OK: true, Node: "b"}, {ID: 3, At: at(200), OK: true, Node: "b"}}
 	if got := Interleavings(clean, time.Minute); len(got) != 0 {

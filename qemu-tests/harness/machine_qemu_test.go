@@ -19,32 +19,10 @@ import (
 // power-on of the same disk, console and journal artifacts. Image: EDGEPAIR_IMAGE,
 // else dist/edgepair-debian-12.qcow2 (make image).
 func TestMachineLifecycle(t *testing.T) {
-	img := os.Getenv("EDGEPAIR_IMAGE")
-	if img == "" {
-		img = filepath.Join("..", "..", "dist", "edgepair-debian-12.qcow2")
-	}
-	if _, err := os.Stat(img); err != nil {
-		t.Skipf("no image to boot (%v): run make image or set EDGEPAIR_IMAGE", err)
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed (make deps)")
-	}
+	img := testImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	m, err := New(ctx, Config{Name: "harness-smoke", Dir: filepath.Join(dir, "harness-smoke"), BaseDisk: img, DiskSize: "4G",
-		NICs: []NIC{{User: true}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	m := newTestMachine(t, ctx, "harness-smoke", img)
 	t.Logf("accelerator %s (%s); artifacts %s", m.Accel().Name, m.Accel().Reason, m.Dir())
 
 	t0 := time.Now()
@@ -134,6 +112,44 @@ func TestMachineLifecycle(t *testing.T) {
 	}
 }
 
+// testImage is the image the harness tests boot: EDGEPAIR_IMAGE, else
+// dist/edgepair-debian-12.qcow2 (make image); it skips t when there is none or no QEMU.
+func testImage(t *testing.T) string {
+	t.Helper()
+	img := os.Getenv("EDGEPAIR_IMAGE")
+	if img == "" {
+		img = filepath.Join("..", "..", "dist", "edgepair-debian-12.qcow2")
+	}
+	if _, err := os.Stat(img); err != nil {
+		t.Skipf("no image to boot (%v): run make image or set EDGEPAIR_IMAGE", err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (make deps)")
+	}
+	return img
+}
+
+// newTestMachine creates (does not start) a machine named name on img with a user
+// network, its folder under EDGEPAIR_ARTIFACTS (else a temporary one), closed with t.
+func newTestMachine(t *testing.T, ctx context.Context, name, img string) *Machine {
+	t.Helper()
+	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	m, err := New(ctx, Config{Name: name, Dir: filepath.Join(dir, name), BaseDisk: img, DiskSize: "4G",
+		NICs: []NIC{{User: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -171,16 +187,7 @@ func rebootStep(t *testing.T, ctx context.Context, m *Machine, boot1 string) {
 // how long to churn (a Go duration, default 90s; the old unit lost a command within
 // about 25 idle hang-ups, about 2.5 min).
 func TestShellChurn(t *testing.T) {
-	img := os.Getenv("EDGEPAIR_IMAGE")
-	if img == "" {
-		img = filepath.Join("..", "..", "dist", "edgepair-debian-12.qcow2")
-	}
-	if _, err := os.Stat(img); err != nil {
-		t.Skipf("no image to boot (%v): run make image or set EDGEPAIR_IMAGE", err)
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed (make deps)")
-	}
+	img := testImage(t)
 	churn := 90 * time.Second
 	if v := os.Getenv("EDGEPAIR_SHELL_CHURN"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -191,20 +198,7 @@ func TestShellChurn(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), churn+15*time.Minute)
 	defer cancel()
-	dir := os.Getenv("EDGEPAIR_ARTIFACTS")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	m, err := New(ctx, Config{Name: "shell-churn", Dir: filepath.Join(dir, "shell-churn"), BaseDisk: img, DiskSize: "4G",
-		NICs: []NIC{{User: true}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	m := newTestMachine(t, ctx, "shell-churn", img)
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -242,6 +242,15 @@ func (sc *scenarios) firstBoot(t *testing.T, ctx context.Context, res *report.Re
 		t.Fatal(err)
 	}
 	note(res, "pair %.0fs (primary %s, standby %s)", time.Since(t0).Seconds(), p.name, s.name)
+	// The agent and PostgreSQL outweigh k3s and its pods for the CPU (their
+	// units' CPUWeight), as the kernel applies it.
+	for _, n := range []*node{p, s} {
+		const want = "1000 500"
+		out, err := n.m.ExecOK(ctx, "cd /sys/fs/cgroup/system.slice && echo $(cat edgepair-agent.service/cpu.weight edgepair-postgres.service/cpu.weight)")
+		if got := strings.TrimSpace(out); err != nil || got != want {
+			t.Errorf("%s: cpu.weight of the agent's and PostgreSQL's cgroups = %q (%v), want %q", n.name, got, err, want)
+		}
+	}
 	holder, err := e.vipHolderFromClient(ctx)
 	if err != nil || holder != p.name {
 		t.Fatalf("VIP from the client answers as %q (%v), want the primary %s", holder, err, p.name)

@@ -206,9 +206,11 @@ func stopVM(t *testing.T, ctx context.Context, m *harness.Machine) {
 }
 
 // failSilent fails t for a boot whose test shell never answered (err), with the
-// console tail. The test shell's silent boots of session 2 were commands lost when
-// the guest unit reopened its port (fixed in edgepair-testshell.service); a silent
-// shell is now a failure to read, not to retry.
+// console tail. The silent boots of sessions 2 and 3 had two causes, both fixed: a
+// udev rule that missed the port's name when it came with the "change" uevent (the
+// unit never started; 90-edgepair-testshell.rules), and commands lost when the unit
+// reopened its port (edgepair-testshell.service). A silent shell is now a failure
+// to read, not to retry.
 func failSilent(t *testing.T, m *harness.Machine, err error) {
 	t.Helper()
 	con, _ := m.Console()

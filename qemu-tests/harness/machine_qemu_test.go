@@ -178,7 +178,8 @@ func rebootStep(t *testing.T, ctx context.Context, m *Machine, boot1 string) {
 	t.Logf("clean reboot to test shell: %s", time.Since(t1).Round(100*time.Millisecond))
 }
 
-// TestShellChurn boots the image once and runs commands through the test shell with
+// TestShellChurn boots the image once, checks that the test shell's unit starts from
+// a "change" uevent of its port alone, and then runs commands through the test shell with
 // deadlines that often end before the command does, so the harness keeps hanging up
 // and redialling while the guest shell is reading, running or writing. After every
 // abandoned command a plain command must answer within a minute: a channel that
@@ -216,6 +217,32 @@ func TestShellChurn(t *testing.T) {
 		t.Errorf("port state with an answering shell = %q, want guest on and host on", st)
 	}
 	t.Logf("port state: %s", st)
+
+	// The unit must also start from a "change" uevent alone: Linux names a virtio
+	// port after its "add" uevent and announces the name with a "change", and a
+	// rule that only watched "add" left the shell dead on some boots (CI, stop 8).
+	// Stop the shell and send only a "change" for its port, from a transient unit.
+	inv1, err := m.ExecOK(ctx, "systemctl show -p InvocationID --value edgepair-testshell.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.ExecOK(ctx, `systemd-run --quiet --unit=edgepair-testshell-change --on-active=1 /bin/sh -c `+
+		`'systemctl stop edgepair-testshell.service; udevadm trigger --action=change "/sys/class/virtio-ports/$(basename "$(readlink -f /dev/virtio-ports/org.edgepair.testshell)")"'`); err != nil {
+		t.Fatal(err)
+	}
+	m.Shell().Reset()
+	time.Sleep(3 * time.Second)
+	cctx, ccancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = m.WaitExecReady(cctx)
+	ccancel()
+	if err != nil {
+		t.Fatalf("test shell after stop and a change uevent: %v", err)
+	}
+	inv2, err := m.ExecOK(ctx, "systemctl show -p InvocationID --value edgepair-testshell.service")
+	if err != nil || strings.TrimSpace(inv2) == "" || inv2 == inv1 {
+		t.Fatalf("test shell invocation %q before, %q (%v) after the change uevent: want a new one", strings.TrimSpace(inv1), strings.TrimSpace(inv2), err)
+	}
+	t.Logf("test shell restarted by a change uevent alone (invocation %s -> %s)", strings.TrimSpace(inv1), strings.TrimSpace(inv2))
 
 	end := time.Now().Add(churn)
 	var abandoned, answered, hangups int

@@ -165,29 +165,12 @@ func bootAndWait(t *testing.T, ctx context.Context, m *harness.Machine, withSeed
 		failSilent(t, m, fmt.Errorf("no test shell within %s: %w", bootLimit(), err))
 	}
 	b.toShell = time.Since(t0)
-	// Bounded: a start job that never finishes would otherwise hold the
-	// test until its overall deadline without saying which one.
-	rctx, rcancel := context.WithTimeout(ctx, 6*time.Minute)
-	out, _, err := m.Exec(rctx, "timeout 300 systemctl is-system-running --wait")
-	rcancel()
-	if err != nil {
-		t.Fatalf("%s: is-system-running: %v", m.Name(), err)
-	}
-	b.toReady = time.Since(t0)
-	if st := strings.TrimSpace(out); st != "running" {
-		diag, _, _ := m.Exec(ctx, "systemctl --failed --no-legend --plain; echo '-- jobs:'; systemctl list-jobs --no-legend; echo '-- journal tail:'; journalctl -b --no-pager -n 60")
-		t.Logf("%s: system state %q after %s; failed units, pending jobs, journal tail:\n%s", m.Name(), st, b.toReady.Round(time.Second), diag)
-		if _, err := m.SaveJournal(ctx, "journal.txt"); err != nil {
-			t.Logf("%s: journal not saved: %v", m.Name(), err)
-		}
-	}
+	waitRunning(t, ctx, m, t0, &b)
 	if withSeed {
 		if out, code, err := m.Exec(ctx, "cloud-init status --wait --long"); err != nil || code != 0 {
 			t.Errorf("%s: cloud-init status: %d %v\n%s", m.Name(), code, err, out)
 		}
 	}
-	b.analyze, _, _ = m.Exec(ctx, "systemd-analyze time 2>&1 | head -1")
-	b.analyze = strings.TrimSpace(b.analyze)
 	return b
 }
 
@@ -266,6 +249,17 @@ func rebootAndWait(t *testing.T, ctx context.Context, m *harness.Machine) seedBo
 		failSilent(t, m, err)
 	}
 	b.toShell = time.Since(t0)
+	waitRunning(t, ctx, m, t0, &b)
+	return b
+}
+
+// waitRunning waits until systemd has finished booting m, bounded: a start job
+// that never finishes would otherwise hold the test until its overall deadline
+// without saying which one. It sets b.toReady (from t0) and b.analyze, and when the
+// system is not "running" logs the failed units, pending jobs and journal tail and
+// saves the journal.
+func waitRunning(t *testing.T, ctx context.Context, m *harness.Machine, t0 time.Time, b *seedBoot) {
+	t.Helper()
 	rctx, rcancel := context.WithTimeout(ctx, 6*time.Minute)
 	out, _, err := m.Exec(rctx, "timeout 300 systemctl is-system-running --wait")
 	rcancel()
@@ -274,11 +268,14 @@ func rebootAndWait(t *testing.T, ctx context.Context, m *harness.Machine) seedBo
 	}
 	b.toReady = time.Since(t0)
 	if st := strings.TrimSpace(out); st != "running" {
-		t.Logf("%s: system state %q after reboot", m.Name(), st)
+		diag, _, _ := m.Exec(ctx, "systemctl --failed --no-legend --plain; echo '-- jobs:'; systemctl list-jobs --no-legend; echo '-- journal tail:'; journalctl -b --no-pager -n 60")
+		t.Logf("%s: system state %q after %s; failed units, pending jobs, journal tail:\n%s", m.Name(), st, b.toReady.Round(time.Second), diag)
+		if _, err := m.SaveJournal(ctx, "journal.txt"); err != nil {
+			t.Logf("%s: journal not saved: %v", m.Name(), err)
+		}
 	}
 	b.analyze, _, _ = m.Exec(ctx, "systemd-analyze time 2>&1 | head -1")
 	b.analyze = strings.TrimSpace(b.analyze)
-	return b
 }
 
 func TestSeedBoot(t *testing.T) {

@@ -156,12 +156,10 @@ func bootAndWait(t *testing.T, ctx context.Context, m *harness.Machine, withSeed
 	// A boot that takes longer than this is broken (about 30 s under TCG
 	// here); without the bound a boot stuck in the initramfs would hold the
 	// test until its overall deadline.
-	wait := func() error {
-		wctx, cancel := context.WithTimeout(ctx, bootLimit())
-		defer cancel()
-		return m.WaitExecReady(wctx)
-	}
-	if err := wait(); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, bootLimit())
+	err := m.WaitExecReady(wctx)
+	cancel()
+	if err != nil {
 		failSilent(t, m, fmt.Errorf("no test shell within %s: %w", bootLimit(), err))
 	}
 	b.toShell = time.Since(t0)
@@ -236,11 +234,7 @@ func rebootAndWait(t *testing.T, ctx context.Context, m *harness.Machine) seedBo
 				return nil
 			}
 			if wctx.Err() != nil {
-				st, serr := m.TestShellPortState(ctx)
-				if serr != nil {
-					st = serr.Error()
-				}
-				return fmt.Errorf("no new boot with a test shell within %s after the power cycle (last: %v) [virtio port: %s]", bootLimit(), err, st)
+				return fmt.Errorf("no new boot with a test shell within %s after the power cycle (last: %v) [%s]", bootLimit(), err, m.PortStateNote())
 			}
 			time.Sleep(time.Second)
 		}

@@ -531,7 +531,7 @@ func (m *Machine) ExecOK(ctx context.Context, cmd string) (string, error) {
 // udev to start edgepair-testshell.service).
 func (m *Machine) WaitExecReady(ctx context.Context) error {
 	if err := m.shell.WaitReady(ctx); err != nil {
-		return fmt.Errorf("machine %s: test shell not ready: %w [%s]", m.cfg.Name, err, m.portStateNote())
+		return fmt.Errorf("machine %s: test shell not ready: %w [%s]", m.cfg.Name, err, m.PortStateNote())
 	}
 	return nil
 }
@@ -579,9 +579,9 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// portStateNote is TestShellPortState for an error message (QMP gets its own short
-// deadline: the caller's context has usually just ended).
-func (m *Machine) portStateNote() string {
+// PortStateNote is TestShellPortState for an error message, "virtio port: …" (QMP
+// gets its own short deadline: the caller's context has usually just ended).
+func (m *Machine) PortStateNote() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := m.TestShellPortState(ctx)

@@ -246,36 +246,35 @@ func TestShellChurn(t *testing.T) {
 
 	end := time.Now().Add(churn)
 	var abandoned, answered, hangups int
+	// mustAnswer fails t unless a plain command answers within a minute.
+	mustAnswer := func() {
+		actx, acancel := context.WithTimeout(ctx, time.Minute)
+		out, err := m.ExecOK(actx, "echo alive")
+		acancel()
+		if err != nil || out != "alive\n" {
+			t.Fatalf("after %d idle hang-ups, %d abandoned and %d answered commands, the shell is silent (%q, %v) [%s]", hangups, abandoned, answered, out, err, m.PortStateNote())
+		}
+	}
 	for i := 0; time.Now().Before(end); i++ {
 		// Hang up while the guest shell is idle in its read, then dial again after
 		// 0 to 1.5 s, as WaitReady does between probes while the guest boots.
 		m.Shell().Reset()
 		hangups++
 		time.Sleep(time.Duration((i*173)%1500) * time.Millisecond)
-		hctx, hcancel := context.WithTimeout(ctx, time.Minute)
-		out, err := m.ExecOK(hctx, "echo alive")
-		hcancel()
-		if err != nil || out != "alive\n" {
-			t.Fatalf("after %d idle hang-ups, %d abandoned and %d answered commands, the shell is silent (%q, %v) [%s]", hangups, abandoned, answered, out, err, m.portStateNote())
-		}
+		mustAnswer()
 		// Deadlines from 20 ms to 2.5 s against commands of 0 to 1.5 s that write
 		// up to 64 KiB, so hang-ups land before, during and after the answer.
 		limit := time.Duration(20+(i*137)%2480) * time.Millisecond
 		sleep := float64((i*53)%16) / 10
 		cctx, ccancel := context.WithTimeout(ctx, limit)
-		_, _, err = m.Exec(cctx, fmt.Sprintf("sleep %.1f; head -c %d /dev/zero | tr '\\0' x", sleep, (i*4099)%65536))
+		_, _, err := m.Exec(cctx, fmt.Sprintf("sleep %.1f; head -c %d /dev/zero | tr '\\0' x", sleep, (i*4099)%65536))
 		ccancel()
 		if err == nil {
 			answered++
 			continue
 		}
 		abandoned++
-		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
-		out, err = m.ExecOK(rctx, "echo alive")
-		rcancel()
-		if err != nil || out != "alive\n" {
-			t.Fatalf("after %d abandoned and %d answered commands, the shell is silent (%q, %v) [%s]", abandoned, answered, out, err, m.portStateNote())
-		}
+		mustAnswer()
 	}
 	t.Logf("%s of churn: %d commands answered, %d abandoned, %d idle hang-ups; the shell answered after every hang-up", churn, answered, abandoned, hangups)
 	if abandoned == 0 || answered == 0 {
